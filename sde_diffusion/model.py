@@ -36,7 +36,8 @@ class NoisePredictor:
     What the net receives: for a discrete SDE a float tensor (B,) of timestep indices
     n = t N - 1 (fractional between grid points), as diffusers' ``UNet2DModel`` expects; for a
     continuous SDE the time t in [0, 1]. ``time_input(t)`` overrides this (e.g. ``lambda t: 999 * t``
-    for score_sde's DDPM++ checkpoints). ``check_finite`` raises on NaN/inf outputs.
+    for score_sde's DDPM++ checkpoints); timesteps are cast to ``timestep_dtype`` (float32, as
+    diffusers passes them; float64 for analytic nets). ``check_finite`` raises on NaN/inf outputs.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class NoisePredictor:
         time_input: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         check_finite: bool = True,
         sample_shape: Optional[tuple] = None,
+        timestep_dtype: torch.dtype = torch.float32,
     ):
         if not callable(net):
             raise ValueError(f"net must be callable as net(x, timesteps), got {type(net).__name__}")
@@ -66,6 +68,7 @@ class NoisePredictor:
         self.time_input = time_input
         self.check_finite = check_finite
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
+        self.timestep_dtype = timestep_dtype
         self.nfe = 0
 
     def reset_nfe(self) -> int:
@@ -96,7 +99,7 @@ class NoisePredictor:
     def raw(self, x: torch.Tensor, t) -> torch.Tensor:
         """Call the net once on (x, t) and return its raw output; counts one NFE."""
         tt = self._times(x, t)
-        ts = self.net_timesteps(tt).to(device=x.device, dtype=torch.float32)
+        ts = self.net_timesteps(tt).to(device=x.device, dtype=self.timestep_dtype)
         out = self.net(x, ts)
         if hasattr(out, "sample") and not isinstance(out, torch.Tensor):  # diffusers output object
             out = out.sample

@@ -1,0 +1,158 @@
+"""``sample()``: one front end for every solver in ``SOLVERS`` (or any solver function).
+
+A solver is a plain function ``solver(model, x, ts, *, noise, callback, **options) -> x`` or
+``-> (x, info)``. It owns its loop over the float64 grid ``ts`` (descending), calls the
+``NoisePredictor`` (which counts NFE), draws randomness only from ``noise`` (see ``noise.py``) and
+calls ``callback(dict(i=, t=, x=, x0=))`` after each step. ``sample`` builds the grid, draws x_T,
+checks options, counts NFE and turns NaNs into ``SolverError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+
+from .grids import check_grid, grid_from_timesteps, time_grid
+from .model import NoisePredictor, NonFiniteOutput
+from .noise import NoiseSource, make_noise
+from .randomness import per_sample_generators
+
+__all__ = ["sample", "SampleResult", "SolverError", "resolve_solver"]
+
+
+class SolverError(RuntimeError):
+    """A solve produced NaN/inf; names the solver, step, time and NFE so far."""
+
+
+@dataclass
+class SampleResult:
+    samples: torch.Tensor  # the state at ts[-1], shaped like x_T
+    nfe: int  # every network evaluation made (incl. rejected steps, correctors, denoising)
+    ts: torch.Tensor  # the float64 grid used (for adaptive solvers: the requested span)
+    info: dict = field(default_factory=dict)  # solver-specific (accepted/rejected steps, ...)
+
+
+def resolve_solver(solver: Union[str, Callable]):
+    """(name, function) for a solver name in ``SOLVERS`` or a user's callable."""
+    from .solvers import SOLVERS
+
+    if callable(solver):
+        return getattr(solver, "__name__", "custom"), solver
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    return solver, SOLVERS[solver]
+
+
+def _check_options(name: str, fn: Callable, options: dict) -> None:
+    params = inspect.signature(fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    taken = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("noise", "callback")]
+    bad = sorted(set(options) - set(taken))
+    if bad:
+        raise TypeError(f"solver {name!r} does not take option(s) {', '.join(bad)}; it takes: {', '.join(taken) or 'none'}")
+
+
+def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts) -> torch.Tensor:
+    from .solvers import ADAPTIVE, DEFAULT_SPACING
+
+    given = [k for k, v in (("timesteps", timesteps), ("ts", ts), ("steps", steps)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give exactly one of timesteps, ts or steps (+ spacing); got {', '.join(given)}")
+    if spacing is not None and steps is None:
+        raise ValueError("spacing needs steps; with timesteps or ts the grid is already explicit")
+    adaptive = name in ADAPTIVE
+    if adaptive and steps is not None:
+        raise ValueError(f"solver {name!r} is adaptive and chooses its own steps; set rtol/atol instead of steps "
+                         "(or pass ts=[t_start, t_end] for the span)")
+    if timesteps is not None:
+        return grid_from_timesteps(model.sde, timesteps)
+    if ts is not None:
+        return check_grid(ts)
+    if adaptive:
+        return torch.tensor([1.0, 0.0], dtype=torch.float64)
+    if steps is None:
+        raise ValueError("give the grid: steps=K (with optional spacing), timesteps=[...] or ts=[...]")
+    if spacing is None:
+        spacing = DEFAULT_SPACING.get(name, "uniform")
+        if model.sde.num_train_steps is None and spacing in ("leading", "trailing", "linspace"):
+            spacing = "uniform"
+    return time_grid(model.sde, steps, spacing)
+
+
+def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver="dpmpp_2m", steps=None,
+           spacing=None, timesteps=None, ts=None, shape=None, seed=None, generator=None,
+           noise="gaussian", progress=False, callback=None, **options) -> SampleResult:
+    """Sample from ``model`` by solving the reverse process from ``x_T`` at ``ts[0]`` to ``ts[-1]``.
+
+    Grid: exactly one of ``timesteps`` (discrete indices, descending; a final step to t = 0 is
+    appended), ``ts`` (float64 times, descending) or ``steps`` (+ ``spacing``, default per solver).
+    Start: ``x_T``, or ``shape`` (+ ``seed``/``generator``) to draw it from N(0, I).
+    Randomness: ``generator`` (one ``torch.Generator`` or one per sample) or ``seed`` (per-sample
+    generators seed+k, so sample k does not depend on its batch-mates). ``noise="brownian"``
+    makes stochastic runs at different step counts share one Brownian path per sample.
+    ``options`` go to the solver (e.g. ``eta`` for ddim); unknown ones raise ``TypeError``.
+    """
+    if not isinstance(model, NoisePredictor):
+        raise ValueError(f"model must be a NoisePredictor (wrap your net with NoisePredictor(net, sde)), got {type(model).__name__}")
+    name, fn = resolve_solver(solver)
+    _check_options(name, fn, options)
+    grid = _build_grid(model, name, steps, spacing, timesteps, ts)
+
+    if seed is not None and generator is not None:
+        raise ValueError("give seed or generator, not both")
+    if x_T is None:
+        if shape is None:
+            shape = (1, *model.sample_shape) if model.sample_shape is not None else None
+            if shape is None:
+                raise ValueError("give x_T or shape")
+        shape = tuple(shape)
+        if seed is not None:
+            generator = per_sample_generators(seed, shape[0])
+        x_T = model.sde.prior_sample(shape, generator)  # N(0, I): the VP prior (approximate if ts[0] < 1)
+    elif shape is not None and tuple(shape) != tuple(x_T.shape):
+        raise ValueError(f"shape {tuple(shape)} conflicts with x_T.shape {tuple(x_T.shape)}")
+    elif seed is not None:
+        generator = per_sample_generators(seed, x_T.shape[0])
+    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1:
+        raise ValueError("x_T must be a tensor with a batch dimension")
+    if not torch.is_floating_point(x_T):
+        raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
+    if isinstance(generator, (list, tuple)) and len(generator) != x_T.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x_T.shape[0]}")
+    seeds = [seed + k for k in range(x_T.shape[0])] if seed is not None else None
+    src = make_noise(noise, x_T.shape, generator=generator, seeds=seeds, dtype=x_T.dtype, device=x_T.device)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid) - 1, desc=name, unit="step", leave=False)
+    state = {"i": -1, "t": float(grid[0])}
+
+    def _callback(d):
+        state.update(i=d.get("i", state["i"]), t=d.get("t", state["t"]))
+        x = d.get("x")
+        if x is not None and not torch.isfinite(x).all():
+            raise SolverError(f"solver {name!r} produced NaN/inf at step {state['i']} (t={state['t']:.6g}), nfe so far {model.nfe - nfe0}")
+        if bar is not None:
+            bar.update(1)
+        if callback is not None:
+            callback(d)
+
+    nfe0 = model.nfe
+    try:
+        with torch.no_grad():
+            out = fn(model, x_T, grid, noise=src, callback=_callback, **options)
+    except NonFiniteOutput as e:
+        raise SolverError(f"solver {name!r}: {e} after step {state['i']} (t={state['t']:.6g}), nfe so far {model.nfe - nfe0}") from e
+    finally:
+        if bar is not None:
+            bar.close()
+    x, info = out if isinstance(out, tuple) else (out, {})
+    if not torch.isfinite(x).all():
+        raise SolverError(f"solver {name!r} returned NaN/inf (nfe {model.nfe - nfe0})")
+    return SampleResult(samples=x, nfe=model.nfe - nfe0, ts=grid, info=dict(info))
