@@ -153,3 +153,11 @@ class NoisePredictor:
 
     def __call__(self, x, t) -> torch.Tensor:
         return self.eps(x, t)
+
+    @classmethod
+    def from_diffusers(cls, unet, scheduler) -> "NoisePredictor":
+        """Wrap a diffusers ``UNet2DModel`` with the VP-SDE and prediction type of its scheduler
+        (or scheduler config dict); see ``sde_diffusion.byom``."""
+        from .byom import predictor_from_diffusers
+
+        return predictor_from_diffusers(unet, scheduler)
