@@ -1,0 +1,273 @@
+"""Train a U-Net noise predictor on the discrete DDPM chain (Ho et al. 2020, Algorithm 1).
+
+Loss: ``|| eps - eps_theta(sqrt(ac_n) x0 + sqrt(1 - ac_n) eps, n) ||^2`` with the timestep index n
+uniform in 0..N-1 and ``ac = sde.alphas_cumprod``; the net receives n as a float, which is what
+``NoisePredictor`` feeds a discrete-chain net at sampling time. AdamW, linear LR warm-up, gradient
+clipping and an EMA of the weights (decay warm-up ``min(ema, (1+s)/(10+s))``).
+
+Exact resume: the batch indices, timesteps, noise and dropout of step s are drawn from generators
+seeded with ``seed * 1_000_003 + s``, so they are a function of (seed, s) only; a run resumed from a
+checkpoint (weights, EMA, AdamW state, step) reproduces an uninterrupted run's losses bit for bit
+on the same machine and thread count.
+
+Files in ``out``: ``train_state.safetensors`` (everything needed to resume, written atomically;
+metadata holds the JSON run config), ``loss.csv`` (step,loss,lr), ``model/`` (EMA weights as a
+``load_model`` folder) and, with ``keep_snapshots``, ``snapshots/step_XXXXXXX/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .checkpoints import (
+    atomic_write_bytes,
+    load_safetensors,
+    save_checkpoint,
+    save_safetensors_atomic,
+    schedule_betas,
+)
+from .data import load_data
+from .nets.unet import UNet
+from .sde import VPSDE
+
+__all__ = ["train", "DEFAULT_NET", "DEFAULT_SCHEDULE", "STATE_NAME", "LOSS_NAME"]
+
+STATE_NAME = "train_state.safetensors"
+LOSS_NAME = "loss.csv"
+DEFAULT_SCHEDULE = {"kind": "linear", "num_train_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+# the shipped digits model's architecture (see docs/model.md)
+DEFAULT_NET = dict(base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=1, attention_resolutions=[4, 2],
+                   dropout=0.1, head_channels=32)
+# run settings that must not change across a resume (``steps`` may be extended)
+_FROZEN = ("seed", "batch", "lr", "weight_decay", "warmup", "ema", "grad_clip", "net", "schedule", "data_shape", "data_count")
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+def _lr_at(step: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then constant (steps are 1-based)."""
+    return lr * min(1.0, step / warmup) if warmup > 0 else lr
+
+
+def _ema_decay(step: int, ema: float) -> float:
+    return min(ema, (1.0 + step) / (10.0 + step))
+
+
+def _pack_state(step, net, ema_net, opt, run_cfg, wall) -> tuple:
+    tensors = {}
+    for k, v in net.state_dict().items():
+        tensors["model." + k] = v
+    for k, v in ema_net.state_dict().items():
+        tensors["ema." + k] = v
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            if key in st:
+                tensors[f"opt.{i}.{key}"] = torch.as_tensor(st[key])
+    meta = {"format": "sde_diffusion.train_state", "step": str(step), "run": json.dumps(run_cfg),
+            "wall_seconds": repr(float(wall)), "num_params": str(len(params))}
+    return tensors, meta
+
+
+def _unpack_state(path: Path, net, ema_net, opt) -> tuple:
+    tensors, meta = load_safetensors(path)
+    if meta.get("format") != "sde_diffusion.train_state":
+        raise ValueError(f"{path}: not an sde_diffusion training state")
+    try:
+        step = int(meta["step"])
+        run_cfg = json.loads(meta["run"])
+        wall = float(meta.get("wall_seconds", "0"))
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        net.load_state_dict(model_sd, strict=True)
+        ema_net.load_state_dict(ema_sd, strict=True)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: training state does not match this run: {str(e).splitlines()[0]}") from None
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if int(meta.get("num_params", -1)) != len(params):
+        raise ValueError(f"{path}: optimizer state has {meta.get('num_params')} parameters, model has {len(params)}")
+    for i, p in enumerate(params):
+        keys = [f"opt.{i}.{k}" for k in ("exp_avg", "exp_avg_sq", "step")]
+        if all(k in tensors for k in keys):
+            opt.state[p] = {"step": tensors[keys[2]].clone(), "exp_avg": tensors[keys[0]].clone(),
+                            "exp_avg_sq": tensors[keys[1]].clone()}
+    return step, run_cfg, wall
+
+
+def _read_losses(path: Path, upto: int) -> list:
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                try:
+                    s = int(r["step"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if s <= upto:
+                    rows.append((s, float(r["loss"]), float(r["lr"])))
+    return rows
+
+
+def train(
+    data="digits",
+    out="runs/train",
+    *,
+    steps: int = 1000,
+    batch: int = 128,
+    lr: float = 5e-4,
+    weight_decay: float = 0.0,
+    warmup: int = 200,
+    ema: float = 0.999,
+    grad_clip: float = 1.0,
+    ckpt_every: int = 500,
+    resume: bool = False,
+    seed: int = 0,
+    net: Optional[dict] = None,
+    schedule: Optional[dict] = None,
+    keep_snapshots: bool = False,
+    progress: bool = True,
+    threads: Optional[int] = None,
+    stop_after: Optional[int] = None,
+) -> dict:
+    """Train an epsilon-prediction U-Net and return ``{"losses": [(step, loss, lr), ...], "out": Path,
+    "step": last step, "model_dir": Path}``.
+
+    ``data``: ``"digits"`` (train split), a .npy/.npz path, a PNG folder or an (N,C,H,W) tensor in
+    [-1, 1]. ``net``: UNet keyword overrides of ``DEFAULT_NET``. ``schedule``: the discrete chain
+    (default DDPM linear, 1000 steps). ``resume``: continue from ``out/train_state.safetensors``
+    (``steps`` may be raised). ``stop_after``: stop after that step as if killed (for tests).
+    """
+    for name, v in (("steps", steps), ("batch", batch), ("ckpt_every", ckpt_every)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema decay must be in [0, 1), got {ema!r}")
+    if warmup < 0 or weight_decay < 0 or grad_clip <= 0:
+        raise ValueError("warmup and weight_decay must be >= 0 and grad_clip > 0")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    x_all = load_data(data)
+    n_data, shape = x_all.shape[0], tuple(x_all.shape[1:])
+    schedule = dict(schedule or DEFAULT_SCHEDULE)
+    sde = VPSDE.from_betas(schedule_betas(schedule))
+    ac = sde.alphas_cumprod.to(torch.float32)
+    n_train = sde.num_train_steps
+    net_cfg = dict(DEFAULT_NET)
+    net_cfg.update(net or {})
+    net_cfg.update(in_channels=shape[0], out_channels=shape[0], image_size=shape[1])
+    model = UNet(**net_cfg)
+    if shape[1] % model.downsample_factor or shape[2] % model.downsample_factor:
+        raise ValueError(f"data of size {shape[1]}x{shape[2]} is not divisible by {model.downsample_factor} "
+                         f"({len(model.config['channel_mults'])} U-Net levels); use fewer channel_mults")
+    ema_model = UNet(**net_cfg)
+    ema_model.load_state_dict(model.state_dict())
+    ema_model.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+
+    out = Path(out)
+    run_cfg = dict(seed=seed, batch=batch, lr=lr, weight_decay=weight_decay, warmup=warmup, ema=ema,
+                   grad_clip=grad_clip, net=model.config, schedule=schedule, data_shape=list(shape),
+                   data_count=n_data, data=str(data) if not isinstance(data, torch.Tensor) else "<tensor>",
+                   steps=steps, ckpt_every=ckpt_every)
+    state_path, loss_path = out / STATE_NAME, out / LOSS_NAME
+    start, wall_before = 0, 0.0
+    if state_path.exists():
+        if not resume:
+            raise ValueError(f"{state_path} exists: pass resume=True (--resume) to continue, or choose another output folder")
+        start, saved_cfg, wall_before = _unpack_state(state_path, model, ema_model, opt)
+        diff = [k for k in _FROZEN if json.dumps(saved_cfg.get(k), sort_keys=True) != json.dumps(run_cfg[k], sort_keys=True)]
+        if diff:
+            raise ValueError(f"cannot resume {state_path}: settings differ from the saved run: "
+                             + ", ".join(f"{k} (saved {saved_cfg.get(k)!r}, now {run_cfg[k]!r})" for k in diff))
+        if start > steps:
+            raise ValueError(f"{state_path} is at step {start}, beyond steps={steps}")
+    losses = _read_losses(loss_path, start) if start > 0 else []
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "loss", "lr"])
+    for r in losses:
+        w.writerow([r[0], repr(r[1]), repr(r[2])])
+    atomic_write_bytes(loss_path, buf.getvalue().encode())
+
+    def export(step, wall):
+        training = dict(steps=step, ema=True, ema_decay=ema, batch=batch, lr=lr, warmup=warmup, seed=seed,
+                        grad_clip=grad_clip, weight_decay=weight_decay, data=run_cfg["data"],
+                        wall_seconds=round(wall, 1), loss="epsilon MSE (Ho et al. 2020)")
+        data_info = {"shape": list(shape), "range": [-1.0, 1.0]}
+        if run_cfg["data"] == "digits":
+            data_info.update(dataset="sklearn digits (train split)", scaling="x / 8 - 1 from pixel values 0..16")
+        else:
+            data_info.update(dataset=run_cfg["data"], scaling="uint8 x / 127.5 - 1; floats in [0, 1] -> 2x - 1")
+        save_checkpoint(out / "model", ema_model, schedule=schedule, prediction="epsilon", data=data_info, training=training)
+        if keep_snapshots:
+            save_checkpoint(out / "snapshots" / f"step_{step:07d}", ema_model, schedule=schedule,
+                            prediction="epsilon", data=data_info, training=training)
+
+    model.train()
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="train", mininterval=2.0, dynamic_ncols=True)
+    end = steps if stop_after is None else min(steps, stop_after)
+    step = start
+    with torch.random.fork_rng(devices=[]), open(loss_path, "a", newline="") as lf:
+        lw = csv.writer(lf, lineterminator="\n")
+        for step in range(start + 1, end + 1):
+            g = torch.Generator().manual_seed(_step_seed(seed, step))
+            idx = torch.randint(0, n_data, (batch,), generator=g)
+            n = torch.randint(0, n_train, (batch,), generator=g)
+            eps = torch.randn((batch, *shape), generator=g)
+            torch.manual_seed(_step_seed(seed, step) + 2**40)  # dropout
+            x0 = x_all[idx]
+            a = ac[n].sqrt().view(-1, 1, 1, 1)
+            s = (1 - ac[n]).sqrt().view(-1, 1, 1, 1)
+            xt = a * x0 + s * eps
+            cur_lr = _lr_at(step, lr, warmup)
+            for grp in opt.param_groups:
+                grp["lr"] = cur_lr
+            loss = torch.mean((model(xt, n.to(torch.float32)) - eps) ** 2)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            d = _ema_decay(step, ema)
+            with torch.no_grad():
+                for pe, pm in zip(ema_model.parameters(), model.parameters()):
+                    pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+                for be, bm in zip(ema_model.buffers(), model.buffers()):
+                    be.copy_(bm)
+            lv = float(loss.detach())
+            losses.append((step, lv, cur_lr))
+            lw.writerow([step, repr(lv), repr(cur_lr)])
+            lf.flush()
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0 or step == end:
+                    bar.set_postfix(loss=f"{lv:.4f}", lr=f"{cur_lr:.2e}", refresh=False)
+            if step % ckpt_every == 0 or step == steps:
+                wall = wall_before + time.perf_counter() - t0
+                run_cfg["steps"] = max(steps, step)
+                tensors, meta = _pack_state(step, model, ema_model, opt, run_cfg, wall)
+                save_safetensors_atomic(tensors, state_path, metadata=meta)
+                export(step, wall)
+    if bar is not None:
+        bar.close()
+    return {"losses": losses, "out": out, "step": step, "model_dir": out / "model",
+            "wall_seconds": wall_before + time.perf_counter() - t0}
