@@ -109,6 +109,9 @@ def time_grid(sde: VPSDE, steps: int, spacing: str = "uniform", t_start: float =
         k = steps - 1 if final_zero else steps
         v = torch.linspace(0, 1, k + 1, dtype=_F64)
         lam_max, lam_min = sde.log_snr(float(t_min)), sde.log_snr(float(t_start))
+        if not (np.isfinite(lam_max) and np.isfinite(lam_min)):
+            raise ValueError(f"spacing {spacing!r} needs a finite log-SNR at both ends; got lambda({t_start})={lam_min}, "
+                             f"lambda({t_min})={lam_max} (use t_end = 0 or t_end >= 1e-12, t_start < 1 for zero-terminal-SNR)")
         if spacing == "logsnr":
             lam = lam_min + (lam_max - lam_min) * v
         else:  # karras: sigma_VE = exp(-lambda)
