@@ -16,7 +16,7 @@ def _scalars(sde, s: float, t: float):
 
 
 def ancestral(model, x, ts, *, noise, callback=None, variance: str = "small"):
-    """DDPM ancestral sampling: draw x_t from the posterior q(x_t | x_s, x0_hat) (Ho et al. 2020, eqs. 6-7).
+    """DDPM ancestral sampling from the posterior q(x_t | x_s, x0_hat) (Ho et al. 2020, eqs. 6-7).
 
     ``variance="small"``: beta-tilde = (1 - a_t)/(1 - a_s) beta_st (default); ``"large"``: beta_st
     (Ho et al.'s FID 3.17 setting). No noise on a final step to t = 0. NFE = len(ts) - 1.
@@ -42,8 +42,9 @@ def ancestral(model, x, ts, *, noise, callback=None, variance: str = "small"):
 
 
 def ddim(model, x, ts, *, noise, callback=None, eta: float = 0.0):
-    """DDIM (Song et al. 2021a, eq. 12): x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z,
-    c = eta (sigma_t/sigma_s) sqrt(1 - a_s/a_t). eta = 0: deterministic (first-order PF-ODE
+    """DDIM (Song et al. 2021a, eq. 12); eta = 0 deterministic, eta = 1 equals ancestral.
+
+    x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z,  c = eta (sigma_t/sigma_s) sqrt(1 - a_s/a_t). eta = 0: deterministic (first-order PF-ODE
     solver, = DPM-Solver-1); eta = 1: ancestral with small variance. NFE = len(ts) - 1.
     """
     if not (eta >= 0 and math.isfinite(eta)):
