@@ -52,6 +52,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from ..cli import CLIError
+    from ..noise import make_noise
     from ..randomness import per_sample_generators
     from ..sampling import resolve_solver, sample
 
@@ -64,23 +65,33 @@ def run(args) -> int:
     options = dict(_option(o) for o in args.option)
     if args.eta is not None:
         options["eta"] = args.eta
-    model = resolve_model(args.model, args.device)
+    from .. import distributed
+
+    dist = distributed.init(args.device)
+    model = resolve_model(args.model, str(dist.device))
     if model.sample_shape is None:
         raise CLIError(f"model {args.model!r} does not say its sample shape; give it a sample_shape attribute (C, H, W)")
     shape = tuple(model.sample_shape)
+    mine = dist.shard(args.num_samples)  # this rank's sample indices; sample k is seeded seed + k
     chunks, nfe, t0 = [], 0, time.perf_counter()
-    bar = tqdm(total=args.num_samples, desc=f"sample {args.solver}", unit="img", disable=args.no_progress)
-    for start in range(0, args.num_samples, args.batch_size):
-        b = min(args.batch_size, args.num_samples - start)
+    bar = tqdm(total=len(mine), desc=f"sample {args.solver}", unit="img", disable=args.no_progress or not dist.is_main)
+    for start in range(mine.start, mine.stop, args.batch_size):
+        b = min(args.batch_size, mine.stop - start)
         gens = per_sample_generators(args.seed + start, b)
-        x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(args.device)
+        x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dist.device)
+        seeds = list(range(args.seed + start, args.seed + start + b))
+        noise = "gaussian" if args.noise == "gaussian" else make_noise("brownian", x_T.shape, seeds=seeds, device=dist.device)
         res = sample(model, x_T, solver=args.solver, steps=args.steps, spacing=args.spacing, generator=gens,
-                     noise=args.noise if args.noise == "gaussian" else "brownian", **options)
+                     noise=noise, **options)
         chunks.append(res.samples.float().cpu())
         nfe = res.nfe
         bar.update(b)
     bar.close()
-    x = torch.cat(chunks)
+    local = torch.cat(chunks) if chunks else torch.zeros((0, *shape))
+    x = dist.gather_cat(local)
+    dist.close()
+    if not dist.is_main:
+        return 0
     lo, hi = (model.config.get("data", {}).get("range", [-1.0, 1.0]) if hasattr(model, "config") else [-1.0, 1.0])
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
