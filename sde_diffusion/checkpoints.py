@@ -43,6 +43,10 @@ FORMAT = "sde_diffusion.model"
 FORMAT_VERSION = 1
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 # ---- atomic file writes ------------------------------------------------------------------
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to a temp file in the same folder, fsync, then ``os.replace`` onto ``path``:
@@ -51,6 +55,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; use the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -168,7 +168,9 @@ def train(
     net_cfg = dict(DEFAULT_NET)
     net_cfg.update(net or {})
     net_cfg.update(in_channels=shape[0], out_channels=shape[0], image_size=shape[1])
-    model = UNet(**net_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # initial weights are a function of the seed
+        model = UNet(**net_cfg)
     if shape[1] % model.downsample_factor or shape[2] % model.downsample_factor:
         raise ValueError(f"data of size {shape[1]}x{shape[2]} is not divisible by {model.downsample_factor} "
                          f"({len(model.config['channel_mults'])} U-Net levels); use fewer channel_mults")
