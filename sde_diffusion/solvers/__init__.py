@@ -9,6 +9,7 @@ from .dpm import dpm_solver, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .karras import euler, heun
 from .unipc import unipc
 from .reverse_sde import euler_maruyama, pc
+from .ode import ode, scipy
 
 SOLVERS = {
     "ancestral": ancestral,
@@ -22,6 +23,8 @@ SOLVERS = {
     "unipc": unipc,
     "euler_maruyama": euler_maruyama,
     "pc": pc,
+    "ode": ode,
+    "scipy": scipy,
 }
 
 # the spacing ``sample(steps=K)`` uses when none is given
@@ -40,7 +43,7 @@ DEFAULT_SPACING = {
 }
 
 # solvers that choose their own steps (take rtol/atol, refuse steps=)
-ADAPTIVE = set()
+ADAPTIVE = {"ode", "scipy"}
 
 # network evaluations for K grid intervals (adaptive solvers: not known in advance)
 STOCHASTIC = {"dpmpp_2m_sde", "ancestral", "euler_maruyama", "pc"}
