@@ -75,6 +75,8 @@ def sde_from_diffusers_config(scheduler_or_config) -> VPSDE:
     """The discrete ``VPSDE`` of a diffusers scheduler (or its config dict); see the module docstring."""
     cfg = _config(scheduler_or_config)
     cls = cfg.get("_class_name")
+    if cls is None and hasattr(scheduler_or_config, "config"):
+        cls = type(scheduler_or_config).__name__  # a scheduler object's config has no _class_name
     if cls in _NOT_VP:
         raise ValueError(f"_class_name={cls!r}: {_NOT_VP[cls]} is not representable as a VP-SDE")
     if isinstance(cls, str) and cls.startswith("FlowMatch"):
