@@ -8,22 +8,12 @@ from .ancestral import ancestral, ddim
 from .dpm import dpm_solver, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .karras import euler, heun
 from .unipc import unipc
-from .dpm import dpm_solver, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
-from .karras import euler, heun
-from .unipc import unipc
 from .reverse_sde import euler_maruyama, pc
 from .ode import ode, scipy
 
 SOLVERS = {
     "ancestral": ancestral,
     "ddim": ddim,
-    "euler": euler,
-    "heun": heun,
-    "dpm_solver": dpm_solver,
-    "dpmpp_2m": dpmpp_2m,
-    "dpmpp_3m": dpmpp_3m,
-    "dpmpp_2m_sde": dpmpp_2m_sde,
-    "unipc": unipc,
     "euler": euler,
     "heun": heun,
     "dpm_solver": dpm_solver,
@@ -41,13 +31,6 @@ SOLVERS = {
 DEFAULT_SPACING = {
     "ancestral": "uniform",
     "ddim": "uniform",
-    "euler": "karras",
-    "heun": "karras",
-    "dpm_solver": "logsnr",
-    "dpmpp_2m": "logsnr",
-    "dpmpp_3m": "logsnr",
-    "dpmpp_2m_sde": "logsnr",
-    "unipc": "logsnr",
     "euler": "karras",
     "heun": "karras",
     "dpm_solver": "logsnr",
