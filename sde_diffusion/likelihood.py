@@ -137,13 +137,14 @@ def _std_normal_logp(z: torch.Tensor) -> torch.Tensor:
 
 # ---- the probability-flow ODE with its divergence ---------------------------------------------
 class _Dynamics:
-    """(x, t) -> (f(x, t), div f(x, t)) on flat float64 states (B, D); the net runs in ``dtype``.
+    """(x, t) -> (f(x, t), div f(x, t)) on flat float64 CPU states (B, D); the net runs in
+    ``dtype`` on ``device``.
 
     t is clamped to [t_end, 1]: torchdiffeq's adaptive solvers may step past the end time and the
     net must never see t outside the integration interval (nor the schedule t > 1)."""
 
-    def __init__(self, model, shape, dtype, t_end, trace, probes_v):
-        self.model, self.shape, self.dtype, self.t_end = model, shape, dtype, t_end
+    def __init__(self, model, shape, dtype, device, t_end, trace, probes_v):
+        self.model, self.shape, self.dtype, self.device, self.t_end = model, shape, dtype, device, t_end
         self.trace, self.v = trace, probes_v  # v: (K, B, D) float64 or None
         self.evals = 0
 
@@ -154,23 +155,23 @@ class _Dynamics:
         B, D = x.shape
         self.evals += 1
         with torch.enable_grad():
-            xi = x.detach().to(self.dtype).requires_grad_(True)
+            xi = x.detach().to(device=self.device, dtype=self.dtype).requires_grad_(True)
             eps = self.model.eps(xi.reshape(self.shape), torch.full((B,), tc, dtype=_F64)).reshape(B, D)
             f = -0.5 * beta * (xi - eps / sigma)  # PF-ODE drift (Song et al. 2021, eq. 13)
             if self.trace == "exact":  # row i of the Jacobian from one VJP per dimension
-                div = torch.zeros(B, dtype=_F64)
+                div = torch.zeros(B, dtype=_F64, device=self.device)
                 for i in range(D):
                     (g,) = torch.autograd.grad(f[:, i].sum(), xi, retain_graph=i < D - 1)
                     div += g[:, i].to(_F64)
             else:  # Hutchinson: mean_k v_k^T J v_k with probes fixed for the whole solve
                 K = self.v.shape[0]
-                div = torch.zeros(B, dtype=_F64)
+                div = torch.zeros(B, dtype=_F64, device=self.device)
                 for k in range(K):
-                    vk = self.v[k].to(self.dtype)
+                    vk = self.v[k].to(device=self.device, dtype=self.dtype)
                     (g,) = torch.autograd.grad(f, xi, grad_outputs=vk, retain_graph=k < K - 1)
                     div += (g * vk).sum(1).to(_F64)
                 div /= K
-        return f.detach().to(_F64), div.detach()
+        return f.detach().to(device="cpu", dtype=_F64), div.detach().cpu()
 
 
 def _solve_torchdiffeq(dyn, x0, t_end, method, rtol, atol, options):
@@ -226,11 +227,12 @@ def log_likelihood(model: NoisePredictor, x: torch.Tensor, *, method: str = "dop
     per evaluation) or "hutchinson" (``probes`` probes of ``noise`` "rademacher"/"gaussian", fixed
     for the solve, averaged). ``dequantize``: None (density of x as given), "uniform" or
     "centered" with ``num_bins`` levels in [-1, 1] (module doc: units and offsets). ``generator``:
-    None, a torch.Generator, or one per sample (then each sample's result is batch-independent);
-    dequantization noise is drawn before the probes. The result holds log p_{t_end} of the
+    None, a torch.Generator, or one per sample (then a sample's noise does not depend on its
+    batch-mates; adaptive step sizes still do); dequantization noise is drawn before the probes. The result holds log p_{t_end} of the
     evaluated point: p_{t_end} is the data convolved with N(0, sigma(t_end)^2) and scaled by
     alpha(t_end), a negligible difference for t_end = 1e-5 unless the data are discrete and not
-    dequantized. The ODE state is float64; the net runs in x's dtype.
+    dequantized. The ODE state is float64 on the CPU; the net runs in x's dtype on x's device;
+    results (log_prob, bpd, ...) are float64 CPU tensors.
     """
     x = _check_x(model, x)
     if trace not in TRACES:
@@ -249,7 +251,7 @@ def log_likelihood(model: NoisePredictor, x: torch.Tensor, *, method: str = "dop
 
     B = x.shape[0]
     D = x[0].numel()
-    xf = x.detach().to(_F64).reshape(B, D)
+    xf = x.detach().to(device="cpu", dtype=_F64).reshape(B, D)
     # 1. dequantize (score_sde's (k + u)/K, or centred on the levels)
     if dequantize is not None:
         k = _levels(xf, num_bins)
@@ -269,7 +271,7 @@ def log_likelihood(model: NoisePredictor, x: torch.Tensor, *, method: str = "dop
             raw = _randn((probes, B, D), generator) if noise == "gaussian" else _rand((probes, B, D), generator)
         v = raw if noise == "gaussian" else torch.where(raw < 0.5, -1.0, 1.0).to(_F64)
     # 3. solve data -> noise
-    dyn = _Dynamics(model, tuple(x.shape), x.dtype, float(t_end), trace, v)
+    dyn = _Dynamics(model, tuple(x.shape), x.dtype, x.device, float(t_end), trace, v)
     nfe0, t0 = model.nfe, time.perf_counter()
     if method.startswith("scipy:"):
         z, delta, extra = _solve_scipy(dyn, xf, float(t_end), method[6:], rtol, atol, options)
@@ -328,7 +330,7 @@ def elbo_bpd(model: NoisePredictor, x: torch.Tensor, *, num_timesteps: Optional[
     if sde.zero_terminal_snr:
         raise ValueError("elbo_bpd needs alphas_cumprod[-1] > 0 (L_T is infinite at zero terminal SNR)")
     B, D = x.shape[0], x[0].numel()
-    x0 = x.detach().to(_F64).reshape(B, D)
+    x0 = x.detach().to(device="cpu", dtype=_F64).reshape(B, D)  # the float64 maths stays on the CPU
     ab, betas = sde.alphas_cumprod, sde.betas  # float64
     ab_prev = torch.cat([torch.ones(1, dtype=_F64), ab[:-1]])
     post_var = betas * (1 - ab_prev) / (1 - ab)  # beta~_n (Ho et al. 2020, eq. 7); 0 at n = 0
@@ -340,8 +342,8 @@ def elbo_bpd(model: NoisePredictor, x: torch.Tensor, *, num_timesteps: Optional[
         s = (1 - ab[n]).sqrt()[:, None]
         xn = a * x0 + s * _randn((B, D), generator)
         with torch.no_grad():
-            x0_hat = model.x0(xn.to(x.dtype).reshape(x.shape), (n.to(_F64) + 1) / N)
-        return x0_hat.to(_F64).reshape(B, D)
+            x0_hat = model.x0(xn.to(device=x.device, dtype=x.dtype).reshape(x.shape), (n.to(_F64) + 1) / N)
+        return x0_hat.to(device="cpu", dtype=_F64).reshape(B, D)
 
     # L_T: closed-form KL between N(sqrt(ab) x0, (1 - ab) I) and N(0, I)
     aT = float(ab[-1])
