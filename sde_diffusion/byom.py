@@ -159,8 +159,20 @@ def _import_diffusers():
     return diffusers
 
 
+def _layout(root: Path) -> tuple:
+    """(unet folder, scheduler config file): ``unet/`` + ``scheduler/`` as ``save_pretrained`` writes
+    them, or the flat layout of early hub repos (e.g. google/ddpm-cifar10-32): ``config.json`` and
+    ``scheduler_config.json`` next to ``model_index.json``."""
+    for unet_dir, sched in ((root / "unet", root / "scheduler" / "scheduler_config.json"),
+                            (root, root / "scheduler_config.json")):
+        if (unet_dir / "config.json").is_file() and sched.is_file():
+            return unet_dir, sched
+    raise FileNotFoundError(f"{str(root)!r} must contain unet/config.json and scheduler/scheduler_config.json "
+                            "(a folder written by a diffusers pipeline's save_pretrained)")
+
+
 def load_diffusers_folder(path, device="cpu") -> NoisePredictor:
-    """A ``NoisePredictor`` from a local ``save_pretrained`` pipeline folder (``unet/`` + ``scheduler/``).
+    """A ``NoisePredictor`` from a local diffusers pipeline folder (``unet/`` + ``scheduler/``).
 
     Never touches the network (``local_files_only=True``). Only unconditional pixel-space
     ``UNet2DModel`` pipelines (e.g. DDPMPipeline, DDIMPipeline) are supported.
@@ -177,15 +189,12 @@ def load_diffusers_folder(path, device="cpu") -> NoisePredictor:
     unet_cls = (index.get("unet") or [None, "UNet2DModel"])[-1]
     if unet_cls != "UNet2DModel":
         raise ValueError(f"model_index.json has unet={index['unet']!r}; only UNet2DModel is supported")
-    sched_file = root / "scheduler" / "scheduler_config.json"
-    if not (root / "unet" / "config.json").is_file() or not sched_file.is_file():
-        raise FileNotFoundError(f"{str(root)!r} must contain unet/config.json and scheduler/scheduler_config.json "
-                                "(a folder written by a diffusers pipeline's save_pretrained)")
+    unet_dir, sched_file = _layout(root)
     sched_cfg = json.loads(sched_file.read_text())
     sde_from_diffusers_config(sched_cfg)  # refuse an unrepresentable schedule before loading weights
     diffusers = _import_diffusers()
-    safetensors = (root / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    unet = diffusers.UNet2DModel.from_pretrained(root / "unet", use_safetensors=safetensors, local_files_only=True)
+    safetensors = (unet_dir / "diffusion_pytorch_model.safetensors").is_file()
+    unet = diffusers.UNet2DModel.from_pretrained(unet_dir, use_safetensors=safetensors, local_files_only=True)
     unet = unet.to(device).eval()
     return predictor_from_diffusers(unet, sched_cfg)
 
@@ -232,7 +241,8 @@ def load_callable(spec: str, *, sde: Optional[VPSDE] = None, prediction: str = "
       * a ``NoisePredictor``, used as is;
       * a net ``net(x, timesteps) -> output shaped like x`` (an ``nn.Module`` instance or any
         callable with two required arguments): wrapped with ``sde`` (default: linear betas,
-        N = 1000), ``prediction`` and ``sample_shape``;
+        N = 1000), ``prediction`` and ``sample_shape`` (default: the net's ``sample_shape``
+        attribute, if any);
       * a factory taking no arguments (a function or a class) that returns one of the above.
     ``sde``/``prediction``/``sample_shape`` only apply to a bare net; a ``NoisePredictor`` carries its own.
     """
@@ -251,6 +261,8 @@ def load_callable(spec: str, *, sde: Optional[VPSDE] = None, prediction: str = "
     if isinstance(obj, torch.nn.Module) or (callable(obj) and _required_positional(obj) in (2, None)):
         if isinstance(obj, torch.nn.Module):
             obj.eval()
+        if sample_shape is None:
+            sample_shape = getattr(obj, "sample_shape", None)
         return NoisePredictor(obj, sde if sde is not None else default_sde(), prediction, sample_shape=sample_shape)
     raise ValueError(f"model spec {spec!r} is a {type(obj).__name__}; expected a NoisePredictor, a net(x, timesteps) "
                      "or a no-argument factory returning one")

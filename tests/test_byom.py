@@ -222,6 +222,23 @@ def test_folder_errors(tmp_path, folders):
         load_diffusers_folder(tmp_path)
 
 
+def test_flat_hub_layout_and_bin_weights(tmp_path):
+    """Early hub repos (google/ddpm-cifar10-32) keep config.json, weights and scheduler_config.json
+    at the top level; older ones ship only .bin weights."""
+    unet = tiny_unet(seed=3)
+    unet.save_pretrained(tmp_path, safe_serialization=False)
+    DDIMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear").save_pretrained(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline",
+                                                           "scheduler": ["diffusers", "DDPMScheduler"],
+                                                           "unet": ["diffusers", "UNet2DModel"]}))
+    assert not list(tmp_path.glob("*.safetensors"))
+    model = load_diffusers_folder(tmp_path)
+    assert model.prediction == "v" and model.sde.num_train_steps == 1000
+    x = x_T()
+    with torch.no_grad():
+        assert torch.equal(model.raw(x, 0.25), unet(x, 249).sample)
+
+
 def test_from_diffusers_classmethod_and_learned_variance():
     unet = tiny_unet(out_channels=6)
     sched = DDPMScheduler(variance_type="learned_range", prediction_type="sample")
@@ -300,6 +317,8 @@ def net(x, timesteps):
     return 0.1 * x
 
 class Net(torch.nn.Module):
+    sample_shape = (1, 4, 4)
+
     def forward(self, x, timesteps):
         return 0.1 * x
 
@@ -328,8 +347,10 @@ def test_load_callable_bare_net_gets_default_schedule(user_module):
     seen = sys.modules["my_user_model"].SEEN
     sample(model, torch.ones(3, 2), solver="ddim", timesteps=[999, 499, 0])
     assert [s.tolist() for s in seen] == [[999.0] * 3, [499.0] * 3, [0.0] * 3]  # net(x, n), n = t N - 1
-    for spec in ("my_user_model:module_net", "my_user_model:Net", f"{user_module}:net"):
-        assert isinstance(load_callable(spec, prediction="x0").net, (torch.nn.Module, types.FunctionType)), spec
+    for spec in ("my_user_model:module_net", "my_user_model:Net"):  # an instance, a no-argument factory
+        m = load_callable(spec, prediction="x0")
+        assert isinstance(m.net, torch.nn.Module) and m.sample_shape == (1, 4, 4) and m.prediction == "x0", spec
+    assert load_callable(f"{user_module}:net").net.__name__ == "net"  # file.py:attribute
 
 
 def test_load_callable_factory_returning_predictor(user_module):
