@@ -130,7 +130,7 @@ def predictor_from_diffusers(unet, scheduler_or_config) -> NoisePredictor:
     channels) is reduced to its first ``in_channels`` outputs, the mean prediction.
     """
     cfg = _config(scheduler_or_config)
-    sde = sde_from_diffusers_config(cfg)
+    sde = sde_from_diffusers_config(scheduler_or_config)
     prediction = prediction_from_diffusers_config(cfg)
     ucfg = _config(unet)
     if ucfg.get("num_class_embeds") is not None or ucfg.get("class_embed_type") is not None:
@@ -191,7 +191,8 @@ def load_diffusers_folder(path, device="cpu") -> NoisePredictor:
         raise ValueError(f"model_index.json has unet={index['unet']!r}; only UNet2DModel is supported")
     unet_dir, sched_file = _layout(root)
     sched_cfg = json.loads(sched_file.read_text())
-    sde_from_diffusers_config(sched_cfg)  # refuse an unrepresentable schedule before loading weights
+    sde_from_diffusers_config(sched_cfg)  # refuse an unrepresentable config before loading weights
+    prediction_from_diffusers_config(sched_cfg)
     diffusers = _import_diffusers()
     safetensors = (unet_dir / "diffusion_pytorch_model.safetensors").is_file()
     unet = diffusers.UNet2DModel.from_pretrained(unet_dir, use_safetensors=safetensors, local_files_only=True)

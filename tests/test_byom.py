@@ -249,6 +249,8 @@ def test_from_diffusers_classmethod_and_learned_variance():
         assert torch.equal(model.raw(x, 0.5), unet(x, 499).sample[:, :3])
     with pytest.raises(ValueError, match="out_channels=6"):
         NoisePredictor.from_diffusers(unet, DDPMScheduler())
+    with pytest.raises(ValueError, match="_class_name='ScoreSdeVeScheduler'"):
+        NoisePredictor.from_diffusers(tiny_unet(), ScoreSdeVeScheduler())
 
 
 def grid_for(name, steps, tol):
