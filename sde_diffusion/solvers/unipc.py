@@ -30,7 +30,8 @@ def _unipc_rhs(h: float, rks, variant: str):
     p = len(rks)
     R = np.stack([np.asarray(rks, dtype=np.float64) ** j for j in range(p)])
     b = []
-    h_phi_k, fac = h_phi_1 / hh - 1.0, 1.0  # h phi_2(hh) / hh scaled: phi_{k+1} recursion of the paper's code
+    # h_phi_k = hh * phi_{j+1}(hh), with phi_1(z) = (e^z - 1)/z and phi_{k+1}(z) = (phi_k(z) - 1/k!)/z
+    h_phi_k, fac = h_phi_1 / hh - 1.0, 1.0
     for j in range(1, p + 1):
         b.append(h_phi_k * fac / B_h)
         fac *= j + 1
