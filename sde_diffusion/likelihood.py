@@ -96,9 +96,13 @@ def _rand(shape, generator, dtype=_F64) -> torch.Tensor:
 
 
 def _randn(shape, generator, dtype=_F64) -> torch.Tensor:
+    """N(0, 1) noise; ``generator`` as in ``_rand``."""
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(shape, generator=generator, dtype=dtype)
-    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in generator])
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one per sample")
+    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in gens])
 
 
 def _levels(x: torch.Tensor, num_bins: int) -> torch.Tensor:
@@ -204,7 +208,7 @@ def _solve_scipy(dyn, x0, t_end, method, rtol, atol, options):
     return y[: B * D].reshape(B, D), y[B * D:], {"nfev": int(sol.nfev)}
 
 
-_SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+_SCIPY_METHODS = ("RK45", "RK23", "DOP853")  # explicit: implicit ones would need D x D Jacobians
 
 
 def _check_method(method: str) -> str:

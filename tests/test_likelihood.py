@@ -226,6 +226,7 @@ def test_bad_input_raises_one_line_value_errors():
         (dict(noise="uniform"), "rademacher, gaussian"),
         (dict(dequantize="variational"), "'uniform', 'centered'"),
         (dict(method="rk99"), "dopri5"),
+        (dict(method="scipy:BDF"), "scipy:RK45"),
         (dict(t_end=0.0), "t_end"),
     ]
     for kw, msg in cases:
@@ -233,11 +234,15 @@ def test_bad_input_raises_one_line_value_errors():
         with pytest.raises(ValueError, match=msg) as ei:
             log_likelihood(m, xx, **kw)
         assert "\n" not in str(ei.value)
+    with pytest.raises(ValueError, match="one per sample"):
+        log_likelihood(m, x, dequantize=None, generator=[gen(0), gen(1), gen(2)])
     with pytest.raises(ValueError, match="discrete VPSDE"):
         elbo_bpd(m, x)
     md = gm.predictor(VPSDE.from_betas(linear_betas(10)))
     with pytest.raises(ValueError, match="discrete, gaussian"):
         elbo_bpd(md, x, decoder="logistic")
+    with pytest.raises(ValueError, match="one per sample"):
+        elbo_bpd(md, x, decoder="gaussian", generator=[gen(0)])
     with pytest.raises(ValueError, match="num_timesteps"):
         elbo_bpd(md, x, num_timesteps=10)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
