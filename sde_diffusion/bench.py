@@ -95,8 +95,8 @@ def load_bench_model(spec: str) -> BenchModel:
     if spec == "gmm":
         gm, pred = gmm_benchmark()
         g = torch.Generator().manual_seed(12345)
-        real = gm.sample(20000, generator=g)
-        floor = gm.sample(20000, generator=g)
+        real = gm.sample(10000, generator=g)
+        floor = gm.sample(10000, generator=g)
         return BenchModel("gmm", pred, "gmm-ring8-v1", torch.float64, mixture=gm, real=real, floor=floor)
     from .checkpoints import load_model
 
@@ -308,7 +308,8 @@ def score(bm: BenchModel, x: torch.Tensor, ref: Optional[torch.Tensor], n_boot: 
         add("fd_digits", lambda i: M.frechet_distance(*M.gaussian_stats(feats[i]), mu_t, cov_t))
         add("kid_digits", lambda i: M.kid(feats[i], real_f))
     if real is not None:
-        add("sw", lambda i: M.sliced_wasserstein(flat[i], real, n_proj=128, seed=0), resample=n_boot > 0)
+        ref_sorted = np.sort(real @ M.projections(real.shape[1], 128, 0), axis=0)
+        add("sw", lambda i: M.sliced_wasserstein(flat[i], real, 128, 0, y_proj_sorted=ref_sorted))
     return rows
 
 

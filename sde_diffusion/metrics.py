@@ -15,14 +15,13 @@ Analytic tier: ``mode_stats`` (per-mode coverage of a Gaussian mixture), log-den
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 __all__ = [
-    "gaussian_stats", "frechet_distance", "fd_from_features", "kid", "sliced_wasserstein", "rmse",
+    "gaussian_stats", "frechet_distance", "fd_from_features", "kid", "projections", "sliced_wasserstein", "rmse",
     "bootstrap_ci", "mode_stats", "digits_features", "digits_reference_stats", "fd_digits",
     "noise_floor_fd",
 ]
@@ -95,9 +94,10 @@ def kid(f1, f2) -> float:
 
 
 # ---- sliced Wasserstein -------------------------------------------------------------------
-def _wasserstein_1d(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
+def _wasserstein_1d(a: np.ndarray, b: np.ndarray, p: float, b_sorted: bool = False) -> np.ndarray:
     """Exact W_p^p between the empirical laws of the columns of a (n, P) and b (m, P)."""
-    a, b = np.sort(a, axis=0), np.sort(b, axis=0)
+    a = np.sort(a, axis=0)
+    b = b if b_sorted else np.sort(b, axis=0)
     n, m = a.shape[0], b.shape[0]
     u = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)  # quantile breakpoints
     du = np.diff(np.concatenate([[0.0], u]))
@@ -107,17 +107,27 @@ def _wasserstein_1d(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return (np.abs(a[ia] - b[ib]) ** p * du[:, None]).sum(0)
 
 
-def sliced_wasserstein(x, y, n_proj: int = 256, seed: int = 0, p: float = 2.0) -> float:
+def projections(dim: int, n_proj: int = 256, seed: int = 0) -> np.ndarray:
+    """``n_proj`` seeded directions uniform on the unit sphere in R^dim, as columns (dim, n_proj)."""
+    if not (isinstance(n_proj, int) and n_proj >= 1) or not (isinstance(dim, int) and dim >= 1):
+        raise ValueError(f"need integers n_proj >= 1 and dim >= 1, got n_proj={n_proj!r}, dim={dim!r}")
+    theta = np.random.default_rng(seed).standard_normal((dim, n_proj))
+    return theta / np.linalg.norm(theta, axis=0, keepdims=True)
+
+
+def sliced_wasserstein(x, y, n_proj: int = 256, seed: int = 0, p: float = 2.0, y_proj_sorted=None) -> float:
     """Sliced W_p = (E_theta W_p^p(theta.x, theta.y))^{1/p}, theta uniform on the sphere
-    (``n_proj`` seeded directions, the same for every call with the same seed and dimension)."""
+    (``projections(D, n_proj, seed)``: the same directions for every call with the same seed and D).
+    ``y_proj_sorted``: sort(y @ theta, axis=0) precomputed, to score many x against one y."""
     a, b = _features_2d(x, "x"), _features_2d(y, "y")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"dimensions differ: {a.shape[1]} vs {b.shape[1]}")
-    if not (isinstance(n_proj, int) and n_proj >= 1) or not p >= 1:
-        raise ValueError(f"need an integer n_proj >= 1 and p >= 1, got n_proj={n_proj!r}, p={p!r}")
-    theta = np.random.default_rng(seed).standard_normal((a.shape[1], n_proj))
-    theta /= np.linalg.norm(theta, axis=0, keepdims=True)
-    return float(_wasserstein_1d(a @ theta, b @ theta, p).mean() ** (1.0 / p))
+    if not p >= 1:
+        raise ValueError(f"need p >= 1, got {p!r}")
+    theta = projections(a.shape[1], n_proj, seed)
+    if y_proj_sorted is None:
+        return float(_wasserstein_1d(a @ theta, b @ theta, p).mean() ** (1.0 / p))
+    return float(_wasserstein_1d(a @ theta, y_proj_sorted, p, b_sorted=True).mean() ** (1.0 / p))
 
 
 # ---- solver error --------------------------------------------------------------------------
@@ -171,19 +181,10 @@ def mode_stats(mixture, x, radius: float = 3.0, min_share: float = 0.5) -> dict:
 
 # ---- FD-digits -----------------------------------------------------------------------------
 def _classifier():
-    """The shipped digits classifier as a features function (N,1,8,8) in [-1,1] -> (N, F)."""
-    from . import classifier as C  # written and trained elsewhere; adapt to its public API here
+    """The shipped digits classifier's ``features``: (N,1,8,8) in [-1,1] -> (N, 128)."""
+    from .classifier import load_classifier
 
-    for name in ("load_classifier", "load_digits_classifier", "load"):
-        if hasattr(C, name):
-            clf = getattr(C, name)()
-            break
-    else:
-        raise ImportError("sde_diffusion.classifier has no load_classifier(); FD-digits unavailable")
-    for name in ("features", "embed", "penultimate"):
-        if hasattr(clf, name):
-            return getattr(clf, name)
-    raise ImportError("the digits classifier exposes no features(x) method; FD-digits unavailable")
+    return load_classifier().features
 
 
 _FEATURES_FN = None
@@ -202,21 +203,18 @@ def digits_features(x, batch: int = 1024) -> np.ndarray:
     return _np64(torch.cat([torch.as_tensor(p) for p in parts]))
 
 
+_REF_STATS = None
+
+
 def digits_reference_stats() -> tuple:
-    """(mu, sigma) of classifier features of the real digits TEST split.
+    """(mu, sigma) of classifier features of the real digits TEST split, computed from the fixed
+    split with the eval-mode classifier (deterministic) and kept for the process."""
+    global _REF_STATS
+    if _REF_STATS is None:
+        from .data import load_digits
 
-    Read from ``digits_test_stats.npz`` next to the classifier's weights when shipped, otherwise
-    computed from the fixed test split (deterministic: same split, same eval-mode network)."""
-    from . import classifier as C
-
-    folder = getattr(C, "ASSETS", None) or getattr(C, "CLASSIFIER_DIR", None)
-    path = Path(folder) / "digits_test_stats.npz" if folder else None
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
-    from .data import load_digits
-
-    return gaussian_stats(digits_features(load_digits("test")))
+        _REF_STATS = gaussian_stats(digits_features(load_digits("test")))
+    return _REF_STATS
 
 
 def fd_digits(x) -> float:

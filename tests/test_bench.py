@@ -1,0 +1,126 @@
+"""The step-count harness: files, columns, resume, NFE accounting, the reference solve, peers."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion.bench import CSV_COLUMNS, BenchModel, reference_pf, run_bench, steps_for_nfe
+from sde_diffusion.sampling import sample
+from sde_diffusion.schedules import linear_betas
+from sde_diffusion.sde import VPSDE
+
+
+def _tiny(K=2):
+    """A 2-D mixture on a short (100-step) DDPM chain: cheap references, same code paths."""
+    sde = VPSDE.from_betas(linear_betas(100, 1e-3, 0.2))
+    means = [[-0.6, 0.0], [0.6, 0.0]][:K]
+    gm = GaussianMixture(means, 0.15)
+    g = torch.Generator().manual_seed(1)
+    return BenchModel("tiny", gm.predictor(sde), f"tiny{K}", torch.float64, mixture=gm,
+                      real=gm.sample(2000, generator=g), floor=gm.sample(2000, generator=g))
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_bench_writes_files_and_resumes(tmp_path):
+    out = tmp_path / "b"
+    kw = dict(solvers=["ddim", "dpmpp_2m"], nfes=[5, 10], n=48, seed=3, out_dir=out, quick=True,
+              peers=["ddim"], n_boot=5, log=lambda *a: None)
+    rows = run_bench(_tiny(), **kw)
+    for f in ["results.csv", "results.json", "results.md", "rows.jsonl", "run.json", "plots/rmse_ref_vs_nfe.png",
+              "grids/nfe5/sde_diffusion_ddim_uniform.png", "grids/nfe10/diffusers_ddim_leading.png"]:
+        assert (out / f).is_file(), f
+    table = _csv(out / "results.csv")
+    assert set(CSV_COLUMNS) <= set(table[0]) and len(table) == len(rows)
+    assert {r["library"] for r in table} == {"sde_diffusion", "diffusers", "data"}
+    metrics = {r["metric"] for r in table}
+    assert {"rmse_ref", "logp", "coverage", "fd", "sw"} <= metrics
+    keyed = {(r["library"], r["solver"], r["target_nfe"], r["metric"]): r for r in table}
+    assert keyed[("sde_diffusion", "ddim", "5", "rmse_ref")]["nfe"] == "5"
+    assert keyed[("diffusers", "ddim", "10", "rmse_ref")]["nfe"] == "10"
+    assert keyed[("sde_diffusion", "ancestral", "100", "rmse_ref")]["nfe"] == "100"  # the reference row
+    pf = keyed[("sde_diffusion", "pf_reference", "0", "rmse_ref")]
+    assert float(pf["value"]) == 0.0 and int(pf["nfe"]) > 20
+    # more steps -> closer to the reference flow (an error that can rank solvers)
+    assert float(keyed[("sde_diffusion", "dpmpp_2m", "10", "rmse_ref")]["value"]) < float(
+        keyed[("sde_diffusion", "dpmpp_2m", "5", "rmse_ref")]["value"])
+    for r in table:
+        if r["ci_low"]:
+            assert float(r["ci_low"]) <= float(r["ci_high"])
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == len(rows)
+
+    # same arguments again: nothing is recomputed, nothing is added
+    log = (out / "rows.jsonl").read_text()
+    rows2 = run_bench(_tiny(), **kw)
+    assert (out / "rows.jsonl").read_text() == log and len(rows2) == len(rows)
+
+    # a run killed mid-write: drop the last record and tear the one before it
+    lines = log.splitlines(keepends=True)
+    (out / "rows.jsonl").write_text("".join(lines[:-2]) + lines[-2][: len(lines[-2]) // 2])
+    rows3 = run_bench(_tiny(), **kw)
+    assert len(rows3) == len(rows)
+    assert [json.loads(x)["key"] for x in (out / "rows.jsonl").read_text().splitlines()] == \
+        [json.loads(x)["key"] for x in lines]
+
+    # another n in the same folder is refused rather than mixed in
+    with pytest.raises(ValueError, match="another run"):
+        run_bench(_tiny(), **{**kw, "n": 40})
+
+
+def test_bad_arguments_raise_value_error(tmp_path):
+    with pytest.raises(ValueError):
+        run_bench(_tiny(), n=1, out_dir=tmp_path / "a", peers=False)
+    with pytest.raises(ValueError, match="unknown solver"):
+        run_bench(_tiny(), solvers=["nope"], n=8, out_dir=tmp_path / "b", peers=False, log=lambda *a: None)
+    with pytest.raises(ValueError):
+        run_bench(_tiny(), nfes=[0], n=8, out_dir=tmp_path / "c", peers=False)
+
+
+def test_steps_for_nfe_matches_each_solvers_cost():
+    m = _tiny().predictor
+    assert steps_for_nfe(m, "ddim", 5, "uniform", {})[0] == 5
+    assert steps_for_nfe(m, "heun", 10, "karras", {})[0] == 5  # 2K - 1 = 9 <= 10 < 11
+    assert steps_for_nfe(m, "heun", 5, "karras", {})[0] == 3
+    k, opts = steps_for_nfe(m, "dpm_solver", 10, "logsnr", {"order": 3})
+    assert sum(opts["orders"]) == 10 and len(opts["orders"]) == k
+    for solver, sp in [("pc", "uniform"), ("heun", "logsnr"), ("unipc", "logsnr")]:
+        k, opts = steps_for_nfe(m, solver, 10, sp, {})
+        x = torch.zeros(1, 2, dtype=torch.float64)
+        assert sample(m, x, solver=solver, steps=k, spacing=sp, seed=0, **opts).nfe <= 10
+        assert sample(m, x, solver=solver, steps=k + 1, spacing=sp, seed=0, **opts).nfe > 10
+
+
+def test_reference_pf_matches_the_exact_gaussian_flow():
+    bm = _tiny(K=1)
+    gm, m = bm.mixture, bm.predictor
+    x_T = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x0, nfe = reference_pf(m, x_T)
+    t_end = 1.0 / m.sde.num_train_steps
+    exact = m.x0(gm.flow_map(x_T, 1.0, t_end, m.sde), t_end)
+    assert (x0 - exact).abs().max() < 1e-4 and nfe > 10  # ~2e-5 at rtol = atol = 1e-6
+    x0_tight, _ = reference_pf(m, x_T, 1e-8, 1e-8)
+    assert (x0_tight - exact).abs().max() < 0.1 * (x0 - exact).abs().max()  # and it converges
+
+
+def test_peer_ddim_equals_our_ddim_on_its_timesteps():
+    pytest.importorskip("diffusers")
+    from sde_diffusion.peers import make_scheduler, run_peer
+
+    m = _tiny().predictor
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # "leading" ends at timestep 0 and then steps to alpha = 1, like our grid; (diffusers' DDIM with
+    # "trailing"/"linspace" steps to t - N//S instead of the next listed timestep, so it differs there)
+    x, nfe = run_peer(m, "ddim", 6, x_T, spacing="leading")
+    sched = make_scheduler("ddim", m, "leading")
+    sched.set_timesteps(6)
+    ours = sample(m, x_T, solver="ddim", timesteps=sched.timesteps)
+    assert nfe == 6 and ours.nfe == 6
+    torch.testing.assert_close(x, ours.samples, rtol=1e-5, atol=1e-5)
+    _, nfe = run_peer(m, "heun", 4, x_T)
+    assert nfe == 7
