@@ -192,3 +192,29 @@ def test_churn_capped_at_t1():
     sample(g.predictor(sde), x_T, solver="euler", ts=[1.0, 0.5], S_churn=10.0, seed=0, callback=lambda d: seen.append(d["x"]))
     ref = sample(g.predictor(sde), x_T, solver="euler", ts=[1.0, 0.5]).samples
     assert torch.allclose(seen[-1], ref, atol=0, rtol=0)
+
+
+# ---- zero terminal SNR (alpha(1) = 0, v-prediction) ---------------------------------------------
+
+def test_zero_terminal_snr_v_prediction():
+    """Start at alpha = 0 (sigma_VE = lambda = inf): every solver must take a finite first step and
+    converge to the exact flow map of a Gaussian (x0 = mu + sqrt(c) x_T)."""
+    from sde_diffusion import NoisePredictor, linear_betas, rescale_zero_terminal_snr
+
+    sde = VPSDE.from_betas(rescale_zero_terminal_snr(linear_betas(1000)))
+    mu, c = torch.tensor([0.5, -1.0], dtype=torch.float64), 0.3
+
+    def vnet(x, n):  # exact v = alpha eps - sigma x0 from the Gaussian posterior mean x0(x)
+        t = (n.double() + 1) / 1000
+        a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        x0 = mu + a * c * (x - a * mu) / (a * a * c + s * s)
+        return a * (x - a * x0) / s - s * x0
+
+    model = NoisePredictor(vnet, sde, "v", timestep_dtype=torch.float64)
+    x_T = torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = mu + c**0.5 * x_T
+    for solver, opts in [("euler", {}), ("heun", {}), ("dpm_solver", {}), ("dpm_solver", dict(order=2)), ("dpmpp_2m", {}),
+                         ("dpmpp_3m", {}), ("dpmpp_2m_sde", dict(eta=0.0)), ("unipc", {}), ("unipc", dict(order=3))]:
+        e10, e40 = (float((sample(model, x_T, solver=solver, steps=K, spacing="trailing", **opts).samples - exact).abs().max())
+                    for K in (10, 40))
+        assert e40 < 0.15 and e40 < e10 / 3, (solver, opts, e10, e40)

@@ -79,7 +79,8 @@ def dpm_solver(model, x, ts, *, noise, callback=None, order: int = 3, orders: Op
     order 3) costing ``order`` NFE; ``orders`` gives one order per interval instead (see
     ``dpm_solver_fast_orders`` for DPM-Solver-fast's allocation). ``steps=K`` in ``sample`` always means
     K grid intervals, never an NFE budget. A step to t = 0 is first order (1 NFE).
-    ``algorithm``: "dpmsolver++" (data prediction, default) or "dpmsolver" (noise prediction).
+    ``algorithm``: "dpmsolver++" (data prediction, default) or "dpmsolver" (noise prediction; needs
+    alpha > 0 at the start). A step from alpha = 0 (zero terminal SNR) is first order.
     Returns (x, info) with info["orders"] the order used for each step.
     """
     if algorithm not in _ALGORITHMS:
@@ -98,7 +99,8 @@ def dpm_solver(model, x, ts, *, noise, callback=None, order: int = 3, orders: Op
     sde, used = model.sde, []
     for i in range(K):
         s, t = float(ts[i]), float(ts[i + 1])
-        p = 1 if t == 0 else orders[i]
+        # first order to t = 0, and from alpha = 0 (zero terminal SNR: lambda_s = -inf, no intermediate points)
+        p = 1 if t == 0 or sde.alpha(s) == 0 else orders[i]
         eps, x0 = model.predict(x, s)
         if t == 0:
             x = x0  # sigma_t = 0: the first-order step lands on the x0 prediction
@@ -195,6 +197,7 @@ def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight
                 r0 = (l_s - lams[-1]) / h
                 x = base - (0.5 * a_t * phi_1 / r0) * (m0 - x0s[-1])
             else:  # third order: divided differences D1, D2 in lambda (diffusers' multistep 3rd-order update)
+                # (a history point at alpha = 0 has lambda = -inf: r = inf zeroes its differences -> order 2)
                 r0, r1 = (l_s - lams[-1]) / h, (lams[-1] - lams[-2]) / h
                 d1_0, d1_1 = (m0 - x0s[-1]) / r0, (x0s[-1] - x0s[-2]) / r1
                 d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
@@ -261,7 +264,8 @@ def dpmpp_2m_sde(model, x, ts, *, noise, callback=None, eta: float = 1.0, lower_
         else:
             h = l_t - l_s
             c = -math.expm1(-(1.0 + eta) * h)  # 1 - e^{-(1+eta) h}
-            x_new = (s_t / s_s * math.exp(-eta * h)) * x + (a_t * c) * m0
+            decay = math.exp(-eta * h) if eta > 0 else 1.0  # (eta h is 0 * inf = NaN from alpha = 0)
+            x_new = (s_t / s_s * decay) * x + (a_t * c) * m0
             if p == 2:
                 r = (l_s - l_prev) / h
                 x_new = x_new + (0.5 * a_t * c / r) * (m0 - m_prev)

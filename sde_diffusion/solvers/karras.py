@@ -9,7 +9,8 @@ noise, then take the ODE step from sigma_hat). sigma_hat is mapped back to the t
 ``sde.t_from_log_snr(-log sigma_hat)``. The state is converted back to x = alpha y after every step.
 
 A final step to t = 0 (sigma = 0) returns the x0 prediction (= y - sigma eps) and makes no second
-evaluation, so Heun costs 2K - 1 NFE on a grid of K steps ending at t = 0 (2K otherwise).
+evaluation, so Heun costs 2K - 1 NFE on a grid of K steps ending at t = 0 (2K otherwise). A step from
+alpha = 0 (zero terminal SNR, sigma = inf) is an Euler step x0 + sigma_next eps (= DDIM) without correction.
 These equal diffusers' EulerDiscreteScheduler / HeunDiscreteScheduler and k-diffusion's
 ``sample_euler`` / ``sample_heun`` on the same sigmas.
 """
@@ -32,36 +33,37 @@ def _edm(model, x, ts, noise, callback, second_order, S_churn, S_tmin, S_tmax, S
     _check_churn(S_churn, S_tmin, S_tmax, S_noise)
     sde = model.sde
     K = len(ts) - 1
-    t_cap = 1.0 if not sde.zero_terminal_snr else float(ts[0])  # highest time with a finite sigma
-    y = x / sde.alpha(float(ts[0]))
     for i in range(K):
         t, t_next = float(ts[i]), float(ts[i + 1])
-        sig = sde.sigma_ve(t)
+        a = sde.alpha(t)
+        sig = sde.sigma_ve(t) if a > 0 else math.inf  # alpha = 0 (zero terminal SNR): sigma = inf
         sig_next = sde.sigma_ve(t_next) if t_next > 0 else 0.0
         a_next = sde.alpha(t_next) if t_next > 0 else 1.0
         # Alg. 2 lines 4-6: gamma_i = min(S_churn/K, sqrt(2) - 1) inside [S_tmin, S_tmax]; y_hat = y + sqrt(sig_hat^2 - sig^2) S_noise z
         t_hat, sig_hat = t, sig
-        gamma = min(S_churn / K, math.sqrt(2) - 1) if S_tmin <= sig <= S_tmax else 0.0
+        gamma = min(S_churn / K, math.sqrt(2) - 1) if S_tmin <= sig <= S_tmax and math.isfinite(sig) else 0.0
         if gamma > 0:
-            t_hat = min(float(sde.t_from_log_snr(-math.log(sig * (1 + gamma)))), t_cap)
-            if t_hat > t:
-                sig_hat = sde.sigma_ve(t_hat)  # = (1 + gamma) sig unless capped at t = 1
-                y = y + (S_noise * math.sqrt(sig_hat**2 - sig**2)) * noise.interval(t, t_hat)
+            t_hat = float(sde.t_from_log_snr(-math.log(sig * (1 + gamma))))  # clamped to t <= 1
+            if t_hat > t and sde.alpha(t_hat) > 0:
+                sig_hat, a = sde.sigma_ve(t_hat), sde.alpha(t_hat)  # sig_hat = (1 + gamma) sig unless capped at t = 1
+                z = noise.interval(t, t_hat)
+                x = (x / sde.alpha(t) + (S_noise * math.sqrt(sig_hat**2 - sig**2)) * z) * a
             else:
                 t_hat = t
-        # Alg. 1 lines 4-5: d_i = (y - D(y; sig_hat)) / sig_hat = eps;  Euler step to sig_next
-        eps, x0 = model.predict(y * sde.alpha(t_hat), t_hat)
+        # Alg. 1 lines 4-5: d = (y - D(y; sig_hat)) / sig_hat = eps;  y_next = y + (sig_next - sig_hat) d,
+        # written as x0 + sig_next eps (y - sig_hat eps = x0), which also holds from sig_hat = inf
+        eps, x0 = model.predict(x, t_hat)
         if t_next == 0:
             y = x0  # sigma = 0: the Euler step lands exactly on the x0 prediction; no second evaluation
         else:
-            y_next = y + (sig_next - sig_hat) * eps
-            if second_order:  # Alg. 1 lines 7-8: trapezoidal (Heun) correction with d' at sig_next
-                eps_next = model.predict(y_next * a_next, t_next).eps
-                y_next = y + (sig_next - sig_hat) * (0.5 * eps + 0.5 * eps_next)
-            y = y_next
+            y = x0 + sig_next * eps
+            if second_order and math.isfinite(sig_hat):  # Alg. 1 lines 7-8: trapezoidal (Heun) correction
+                eps_next = model.predict(y * a_next, t_next).eps
+                y = y + (0.5 * (sig_next - sig_hat)) * (eps_next - eps)
+        x = y * a_next
         if callback is not None:
-            callback(dict(i=i, t=t_next, x=y * a_next, x0=x0))
-    return y * (sde.alpha(float(ts[-1])) if float(ts[-1]) > 0 else 1.0)
+            callback(dict(i=i, t=t_next, x=x, x0=x0))
+    return x
 
 
 def euler(model, x, ts, *, noise, callback=None, S_churn: float = 0.0, S_tmin: float = 0.0,

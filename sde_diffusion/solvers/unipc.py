@@ -83,6 +83,7 @@ def unipc(model, x, ts, *, noise, callback=None, order: int = 2, variant: str = 
             x = (s_s / s_0) * x_prev - (a_s * h_phi_1) * m_0 - (a_s * B_h) * corr
         lams, x0s = (lams + [l_s])[-3:], (x0s + [m_s])[-3:]
         p = min(order, i + 1, K - i if lower_order_final else order)
+        p = min(p, max(1, sum(1 for l in lams if math.isfinite(l))))  # skip a start at alpha = 0 (lambda = -inf)
         if t == 0:
             p, x_new = 1, m_s  # sigma_t = 0: UniP-1 lands on the x0 prediction
         else:
