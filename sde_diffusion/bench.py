@@ -41,7 +41,8 @@ __all__ = ["run_bench", "load_bench_model", "gmm_benchmark", "reference_pf", "pl
            "BenchModel", "CSV_COLUMNS", "QUICK_NFES", "FULL_NFES", "OUR_SPACINGS"]
 
 QUICK_NFES = (5, 10, 20)
-FULL_NFES = (5, 10, 20, 50, 100)
+FULL_NFES = (5, 10, 20, 50)
+QUICK_PEERS = ("ddim", "euler", "dpmpp_2m", "unipc")  # quick mode; full mode runs every peer in peers.PEERS
 GRID_NFES = (5, 10, 20)
 OUR_SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "trailing")
 ADAPTIVE_TOLS = (1e-2, 1e-3, 1e-4)
@@ -182,7 +183,7 @@ def steps_for_nfe(model: NoisePredictor, solver: str, nfe: int, spacing: str, op
 def plan(model: BenchModel, solvers: Sequence[str], nfes: Sequence[int], quick: bool, peers=True,
          spacings: Optional[Sequence[str]] = None) -> list:
     """All configurations of a run, references and floor first."""
-    from .solvers import ADAPTIVE, DEFAULT_SPACING, SOLVERS
+    from .solvers import ADAPTIVE, DEFAULT_SPACING, SOLVERS, STOCHASTIC
 
     pred = model.predictor
     discrete = pred.sde.num_train_steps is not None
@@ -203,7 +204,9 @@ def plan(model: BenchModel, solvers: Sequence[str], nfes: Sequence[int], quick: 
         variants = [v for v in VARIANTS.get(name, [{}]) if all(k in params for k in v)] or [{}]
         if quick:
             variants = variants[:1]
-        sp_list = list(spacings) if spacings else ([DEFAULT_SPACING.get(name, "uniform")] if quick else list(OUR_SPACINGS))
+        sp_list = list(spacings) if spacings else list(OUR_SPACINGS)
+        if (quick or name in STOCHASTIC) and not spacings:  # stochastic solvers: default spacing only
+            sp_list = [DEFAULT_SPACING.get(name, "uniform")]
         if not discrete:
             sp_list = [s for s in sp_list if s not in ("trailing", "leading", "linspace")]
         for opts in variants:
@@ -215,7 +218,10 @@ def plan(model: BenchModel, solvers: Sequence[str], nfes: Sequence[int], quick: 
     if peers and discrete:
         from .peers import PEERS, peer_nfe, peer_spacings
 
-        names = [peers] if isinstance(peers, str) else (list(PEERS) if peers is True else list(peers))
+        if peers is True:
+            names = list(QUICK_PEERS) if quick else list(PEERS)
+        else:
+            names = [peers] if isinstance(peers, str) else list(peers)
         for name in names:
             sps = peer_spacings(name)[:1] if quick else peer_spacings(name)
             for sp in sps:
@@ -259,22 +265,28 @@ def reference_pf(model: NoisePredictor, x_T: torch.Tensor, rtol: float = REF_TOL
     return x0, model.nfe - nfe0
 
 
-def _cached_reference(bm: BenchModel, x_T, seed: int, cache_dir: Path) -> tuple:
+SHIPPED_CACHE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cache"
+
+
+def _cached(bm: BenchModel, name: str, x_T, seed: int, cache_dir: Path, compute: Callable) -> tuple:
+    """(samples, nfe, wall_s) of a reference run, from ``cache_dir`` or the repository's
+    ``benchmarks/results/cache`` (read-only) when present, else computed and stored in ``cache_dir``."""
     from .checkpoints import load_safetensors, save_safetensors_atomic
 
-    path = cache_dir / f"pf_{bm.ident}_seed{seed}_n{x_T.shape[0]}_tol{REF_TOL:g}.safetensors"
-    if path.is_file():
-        try:
-            t, meta = load_safetensors(path)
-            if t["x0"].shape == x_T.shape:
-                return t["x0"].to(bm.dtype), int(meta["nfe"]), float(meta["wall_s"])
-        except (ValueError, KeyError):
-            pass
+    fname = f"{_slug(name)}_{bm.ident}_seed{seed}_n{x_T.shape[0]}.safetensors"
+    for d in (cache_dir, SHIPPED_CACHE):
+        if (d / fname).is_file():
+            try:
+                t, meta = load_safetensors(d / fname)
+                if t["x"].shape == x_T.shape:
+                    return t["x"].to(bm.dtype), int(meta["nfe"]), float(meta["wall_s"])
+            except (ValueError, KeyError):
+                pass
     t0 = time.perf_counter()
-    x0, nfe = reference_pf(bm.predictor, x_T)
+    x, nfe = compute()
     wall = time.perf_counter() - t0
-    save_safetensors_atomic({"x0": x0}, path, metadata={"nfe": str(nfe), "wall_s": repr(wall)})
-    return x0, nfe, wall
+    save_safetensors_atomic({"x": x}, cache_dir / fname, metadata={"nfe": str(nfe), "wall_s": repr(wall)})
+    return x, nfe, wall
 
 
 # ---- metrics ------------------------------------------------------------------------------
@@ -333,7 +345,7 @@ def _forward_ms(pred: NoisePredictor, x: torch.Tensor, repeats: int = 3) -> floa
     return 1000 * float(np.median(times))
 
 
-def _run_config(bm: BenchModel, c: Config, x_T, seed: int, ref_cache: Callable) -> tuple:
+def _run_config(bm: BenchModel, c: Config, x_T, seed: int, ref_cache: Callable, cache_dir: Path) -> tuple:
     """(samples, measured nfe, wall seconds) of one configuration."""
     pred = bm.predictor
     n = x_T.shape[0]
@@ -345,6 +357,14 @@ def _run_config(bm: BenchModel, c: Config, x_T, seed: int, ref_cache: Callable) 
     if c.solver == "pf_reference":
         return ref_cache()
     noise_seed = seed + NOISE_SEED_OFFSET
+    if c.role == "reference":  # ancestral 1000 steps: cached like the PF solve
+        from .sampling import sample
+
+        def compute():
+            res = sample(pred, x_T, solver=c.solver, steps=c.steps, spacing=c.spacing, seed=noise_seed, **c.options)
+            return res.samples, res.nfe
+
+        return _cached(bm, c.key, x_T, seed, cache_dir, compute)
     t0 = time.perf_counter()
     if c.library == "diffusers":
         from .peers import run_peer
@@ -575,10 +595,11 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
     """Run (or resume) the benchmark; returns the flat metric rows (also written to ``out_dir``).
 
     ``model``: a spec for ``load_bench_model`` or a ``BenchModel``. ``solvers``: names in
-    ``SOLVERS`` (default all). ``nfes``: target NFEs (default 5, 10, 20 quick / 5..100 full).
-    ``peers``: True (all of ``peers.PEERS``), False, or a list of peer names. Quick mode uses each
-    solver's default spacing and option set and each peer's default spacing; full mode sweeps
-    ``OUR_SPACINGS``, ``VARIANTS`` and every peer spacing."""
+    ``SOLVERS`` (default all). ``nfes``: target NFEs (default 5, 10, 20 quick / 5, 10, 20, 50 full).
+    ``peers``: True (``QUICK_PEERS`` quick, all of ``peers.PEERS`` full), False, or a list of names.
+    Quick mode uses each solver's default spacing and options and each peer's default spacing;
+    full mode sweeps ``OUR_SPACINGS`` (stochastic solvers: default spacing only), ``VARIANTS`` and
+    every peer spacing."""
     from .solvers import SOLVERS
 
     bm = model if isinstance(model, BenchModel) else load_bench_model(model)
@@ -617,7 +638,8 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
 
     def ref_cache():
         if "x" not in ref_state:
-            ref_state["x"], ref_state["nfe"], ref_state["wall"] = _cached_reference(bm, x_T, seed, out / "cache")
+            ref_state["x"], ref_state["nfe"], ref_state["wall"] = _cached(
+                bm, f"pf_dopri5_tol{REF_TOL:g}", x_T, seed, out / "cache", lambda: reference_pf(bm.predictor, x_T))
         return ref_state["x"], ref_state["nfe"], ref_state["wall"]
 
     bar = None
@@ -630,7 +652,7 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
         if bar is not None:
             bar.set_postfix_str(f"{c.library}:{c.label} {c.spacing} nfe{c.target_nfe}"[:60])
         try:
-            x, nfe, wall = _run_config(bm, c, x_T, seed, ref_cache)
+            x, nfe, wall = _run_config(bm, c, x_T, seed, ref_cache, out / "cache")
         except Exception as e:  # a failing solver is a result, not a crash of the whole run
             from .sampling import SolverError
 
