@@ -40,7 +40,8 @@ ORDERS = {
     "unipc-3": ("unipc", dict(order=3, lower_order_final=False), 4),
     "unipc-2-bh1": ("unipc", dict(order=2, variant="bh1", lower_order_final=False), 3),
 }
-UNIFORM_TOO = {"ddim", "heun", "dpm_solver-2", "dpm_solver-3-eps", "dpmpp_2m", "dpmpp_3m", "unipc-2"}  # unipc-3: 3.70 at K = 48-96
+# unipc-3 is left out: slope 3.70 at K = 48-96 on the uniform grid (pre-asymptotic)
+UNIFORM_TOO = {"ddim", "heun", "dpm_solver-2", "dpm_solver-3-eps", "dpmpp_2m", "dpmpp_3m", "unipc-2"}
 STEPS = [48, 96]
 TOL = 0.3
 T_START, T_END = 1.0, 0.05
@@ -79,8 +80,8 @@ def test_convergence_order(problem, label, spacing):
 def test_karras_grid_heun(problem):
     """EDM's own setting: Heun on the Karras sigma grid."""
     g, sde, x_T, exact = problem
-    errs = [float((sample(g.predictor(sde), x_T, solver="heun", ts=time_grid(sde, K, "karras", t_start=T_START, t_end=T_END)).samples
-                   - exact).abs().max()) for K in STEPS]
+    grids = [time_grid(sde, K, "karras", t_start=T_START, t_end=T_END) for K in STEPS]
+    errs = [float((sample(g.predictor(sde), x_T, solver="heun", ts=ts).samples - exact).abs().max()) for ts in grids]
     assert abs(_slope(errs) - 2) < TOL
 
 
@@ -150,7 +151,8 @@ def test_fast_orders_spend_the_budget(nfe):
     g = GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 1.0)
     m = g.predictor(VPSDE.linear())
     orders = dpm_solver_fast_orders(nfe)
-    res = sample(m, torch.randn(2, 2, dtype=torch.float64), solver="dpm_solver", steps=len(orders), spacing="logsnr", orders=orders)
+    x_T = torch.randn(2, 2, dtype=torch.float64)
+    res = sample(m, x_T, solver="dpm_solver", steps=len(orders), spacing="logsnr", orders=orders)
     assert res.nfe == nfe and res.info["orders"] == orders
 
 
@@ -158,8 +160,8 @@ def test_bad_options():
     g = GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), 1.0)
     m = g.predictor(VPSDE.linear())
     x = torch.randn(2, 2, dtype=torch.float64)
-    for solver, opts in [("dpm_solver", dict(order=4)), ("dpm_solver", dict(algorithm="ddim")), ("dpm_solver", dict(orders=[1, 2])),
-                         ("unipc", dict(order=0)), ("unipc", dict(variant="bh3")), ("dpmpp_3m", dict(variant="k")),
+    for solver, opts in [("dpm_solver", dict(order=4)), ("dpm_solver", dict(algorithm="ddim")),
+                         ("dpm_solver", dict(orders=[1, 2])), ("unipc", dict(order=0)), ("unipc", dict(variant="bh3")), ("dpmpp_3m", dict(variant="k")),
                          ("heun", dict(S_churn=-1.0)), ("heun", dict(S_tmin=2.0, S_tmax=1.0)), ("dpmpp_2m_sde", dict(eta=-0.5))]:
         with pytest.raises(ValueError):
             sample(m, x, solver=solver, steps=4, **opts)

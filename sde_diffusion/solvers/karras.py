@@ -39,7 +39,8 @@ def _edm(model, x, ts, noise, callback, second_order, S_churn, S_tmin, S_tmax, S
         sig = sde.sigma_ve(t) if a > 0 else math.inf  # alpha = 0 (zero terminal SNR): sigma = inf
         sig_next = sde.sigma_ve(t_next) if t_next > 0 else 0.0
         a_next = sde.alpha(t_next) if t_next > 0 else 1.0
-        # Alg. 2 lines 4-6: gamma_i = min(S_churn/K, sqrt(2) - 1) inside [S_tmin, S_tmax]; y_hat = y + sqrt(sig_hat^2 - sig^2) S_noise z
+        # Alg. 2 lines 4-6: gamma_i = min(S_churn/K, sqrt(2) - 1) inside [S_tmin, S_tmax];
+        # y_hat = y + sqrt(sig_hat^2 - sig^2) S_noise z
         t_hat, sig_hat = t, sig
         gamma = min(S_churn / K, math.sqrt(2) - 1) if S_tmin <= sig <= S_tmax and math.isfinite(sig) else 0.0
         if gamma > 0:
