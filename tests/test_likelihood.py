@@ -303,5 +303,7 @@ def test_cli_bad_options_give_one_line_errors(capsys):
 
     assert main(["nll", "--n", "0"]) == 2
     assert "--n must be >= 1" in capsys.readouterr().err
+    assert main(["nll", "--trace", "sketchy"]) == 2
+    assert "exact, hutchinson" in capsys.readouterr().err
     assert main(["nll", "--dequantize", "logistic"]) == 2
     assert "centered, uniform, none" in capsys.readouterr().err
