@@ -11,10 +11,9 @@ A configuration is (library, solver, spacing, target NFE). A restarted run with 
 n and seed skips the configurations already in ``rows.jsonl``.
 
 Solver error ("rmse_ref") is measured against a tight probability-flow solve from the same x_T:
-dopri5 (torchdiffeq) at rtol = atol = 1e-6 on dy/du = sigma eps(alpha y, t), y = x/alpha,
-u = log sigma, sigma = sigma/alpha = exp(-lambda) (the PF-ODE in Karras et al.'s VE coordinates),
-from t = 1 to the last training time t = 1/N, then the x0 prediction there -- the same final
-denoising step every discrete-time solver and diffusers scheduler ends with.
+the ``ode`` solver (dopri5 on the PF-ODE in log-SNR) at rtol = atol = 1e-6 from t = 1 to the last
+training time t = 1/N, then the x0 prediction there -- the same final denoising step every
+discrete-time solver and diffusers scheduler ends with.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ GRID_NFES = (5, 10, 20)
 OUR_SPACINGS = ("uniform", "quadratic", "logsnr", "karras", "trailing")
 ADAPTIVE_TOLS = (1e-2, 1e-3, 1e-4)
 REF_TOL = 1e-6
-NOISE_SEED_OFFSET = 1_000_003  # stochastic solvers' per-sample noise seeds: seed + offset + k
+NOISE_SEED_OFFSET = 2_000_003  # stochastic solvers' per-sample noise seeds: seed + offset + k
 CSV_COLUMNS = ["library", "solver", "spacing", "steps", "nfe", "metric", "value", "ci_low", "ci_high", "wall_s",
                "target_nfe", "role", "options", "n", "ms_per_nfe", "overhead"]
 
@@ -125,7 +124,7 @@ class Config:
 
     @property
     def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options.items() if k != "orders")
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items() if k not in ("orders", "ts", "rtol", "atol"))
         return f"{self.solver}[{opts}]" if opts else self.solver
 
     @property
@@ -215,6 +214,11 @@ def plan(model: BenchModel, solvers: Sequence[str], nfes: Sequence[int], quick: 
                     got = steps_for_nfe(pred, name, nfe, sp, opts)
                     if got is not None:
                         cfgs.append(Config("sde_diffusion", name, sp, nfe, steps=got[0], options=got[1]))
+            for nfe in nfes if opts == variants[0] else ():  # model-tuned grids shipped with the model
+                got = steps_for_nfe(pred, name, nfe, "logsnr", opts)
+                grid = _tuned_grid(model, name, got[0]) if got is not None else None
+                if grid is not None:
+                    cfgs.append(Config("sde_diffusion", name, "tuned", nfe, steps=got[0], options=dict(got[1], ts=grid)))
     if peers and discrete:
         from .peers import PEERS, peer_nfe, peer_spacings
 
@@ -237,32 +241,24 @@ def plan(model: BenchModel, solvers: Sequence[str], nfes: Sequence[int], quick: 
     return out
 
 
+def _tuned_grid(model: BenchModel, solver: str, steps: int) -> Optional[list]:
+    """The model's tuned grid for (solver, steps) from ``sde_diffusion.tuning``, if shipped."""
+    try:
+        from .tuning import load_tuned_grid
+
+        return [float(t) for t in load_tuned_grid(model.name, solver, steps)]
+    except (ImportError, FileNotFoundError, ValueError):
+        return None
+
+
 # ---- the reference probability-flow solve ----------------------------------------------------
 def reference_pf(model: NoisePredictor, x_T: torch.Tensor, rtol: float = REF_TOL, atol: float = REF_TOL) -> tuple:
-    """Tight PF-ODE solve from x_T at t = 1 (see the module docstring); returns (x0, nfe)."""
-    from torchdiffeq import odeint
+    """Tight PF-ODE solve from x_T at t = 1 with this project's ``ode`` solver (dopri5 in log-SNR,
+    to t = 1/N, then the x0 prediction there); returns (x0, nfe)."""
+    from .sampling import sample
 
-    sde = model.sde
-    t_end = 1.0 / sde.num_train_steps if sde.num_train_steps else 1e-3
-    dt = x_T.dtype
-    u0, u1 = -float(sde.log_snr(1.0)), -float(sde.log_snr(t_end))  # u = log sigma_VE
-    nfe0 = model.nfe
-
-    def f(u, y):
-        t = float(sde.t_from_log_snr(-float(u)))
-        t = min(max(t, t_end), 1.0)
-        x = (float(sde.alpha(t)) * y).to(dt)
-        return math.exp(float(u)) * model.eps(x, t).to(torch.float64)
-
-    def norm(e):  # worst sample's RMS error, so no sample is under-resolved
-        return e.reshape(e.shape[0], -1).pow(2).mean(1).sqrt().max()
-
-    y0 = x_T.to(torch.float64) / float(sde.alpha(1.0))
-    with torch.no_grad():
-        y = odeint(f, y0, torch.tensor([u0, u1], dtype=torch.float64), method="dopri5", rtol=rtol, atol=atol,
-                   options={"norm": norm})[-1]
-        x0 = model.x0((float(sde.alpha(t_end)) * y).to(dt), t_end)
-    return x0, model.nfe - nfe0
+    res = sample(model, x_T, solver="ode", rtol=rtol, atol=atol)
+    return res.samples, res.nfe
 
 
 SHIPPED_CACHE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cache"
@@ -375,7 +371,7 @@ def _run_config(bm: BenchModel, c: Config, x_T, seed: int, ref_cache: Callable, 
         from .sampling import sample
 
         kw = dict(c.options)
-        if c.spacing.startswith("adaptive"):
+        if c.spacing.startswith("adaptive") or c.spacing == "tuned":
             res = sample(pred, x_T, solver=c.solver, seed=noise_seed, **kw)
         else:
             res = sample(pred, x_T, solver=c.solver, steps=c.steps, spacing=c.spacing, seed=noise_seed, **kw)
