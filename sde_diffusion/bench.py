@@ -291,9 +291,9 @@ def score(bm: BenchModel, x: torch.Tensor, ref: Optional[torch.Tensor], n_boot: 
     rows = []
     n = x.shape[0]
 
-    def add(name, fn, resample=True):
+    def add(name, fn, recenter=False):
         v = float(fn(np.arange(n)))
-        lo, hi = M.bootstrap_ci(fn, n, n_boot=n_boot, seed=seed) if resample else (math.nan, math.nan)
+        lo, hi = M.bootstrap_ci(fn, n, n_boot=n_boot, seed=seed, recenter=recenter) if n_boot >= 2 else (math.nan, math.nan)
         rows.append((name, v, lo, hi))
 
     if ref is not None:
@@ -306,18 +306,18 @@ def score(bm: BenchModel, x: torch.Tensor, ref: Optional[torch.Tensor], n_boot: 
         lp = gm.log_prob(x.double()).numpy()
         add("logp", lambda i: lp[i].mean())
         mu_r, cov_r = _mixture_moments(gm)
-        add("fd", lambda i: M.frechet_distance(*M.gaussian_stats(flat[i]), mu_r, cov_r))
+        add("fd", lambda i: M.frechet_distance(*M.gaussian_stats(flat[i]), mu_r, cov_r), recenter=True)
         add("coverage", lambda i: M.mode_stats(gm, x[torch.as_tensor(i)])["coverage"])
         add("mode_tv", lambda i: M.mode_stats(gm, x[torch.as_tensor(i)])["mode_tv"])
     if bm.digits:
         feats = M.digits_features(x)
         mu_t, cov_t = M.digits_reference_stats()
         real_f = M.digits_features(bm.real)
-        add("fd_digits", lambda i: M.frechet_distance(*M.gaussian_stats(feats[i]), mu_t, cov_t))
-        add("kid_digits", lambda i: M.kid(feats[i], real_f))
+        add("fd_digits", lambda i: M.frechet_distance(*M.gaussian_stats(feats[i]), mu_t, cov_t), recenter=True)
+        add("kid_digits", lambda i: M.kid(feats[i], real_f), recenter=True)
     if real is not None:
         ref_sorted = np.sort(real @ M.projections(real.shape[1], 128, 0), axis=0)
-        add("sw", lambda i: M.sliced_wasserstein(flat[i], real, 128, 0, y_proj_sorted=ref_sorted))
+        add("sw", lambda i: M.sliced_wasserstein(flat[i], real, 128, 0, y_proj_sorted=ref_sorted), recenter=True)
     return rows
 
 
@@ -517,7 +517,7 @@ def plot(out: Path, rows: list) -> list:
     import matplotlib.pyplot as plt
 
     paths = []
-    for metric in sorted({r["metric"] for r in rows}):
+    for metric in sorted({r["metric"] for r in rows if r["role"] == "solver"}):
         fig, ax = plt.subplots(figsize=(7.5, 5))
         low = metric not in HIGHER_IS_BETTER
         lines = {}
@@ -550,8 +550,7 @@ def plot(out: Path, rows: list) -> list:
         ax.grid(True, which="both", alpha=0.3)
         p = out / "plots" / f"{metric}_vs_nfe.png"
         p.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(p, dpi=110)
+        fig.savefig(p, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(p)
     return paths

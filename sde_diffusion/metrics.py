@@ -141,13 +141,19 @@ def rmse(x, ref) -> float:
 
 # ---- bootstrap -----------------------------------------------------------------------------
 def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 200, seed: int = 0,
-                 level: float = 0.95) -> tuple:
+                 level: float = 0.95, recenter: bool = False) -> tuple:
     """Percentile bootstrap CI: ``stat(idx)`` is evaluated on ``n_boot`` resamples idx of
-    range(n) (with replacement); returns (low, high)."""
+    range(n) (with replacement); returns (low, high).
+
+    ``recenter=True`` shifts the bootstrap distribution so its median sits on the full-sample
+    estimate: for FD/KID/sliced W a resample's duplicated points bias the statistic upward, and the
+    plain percentile interval would then miss the estimate itself."""
     if n < 2 or n_boot < 2 or not 0 < level < 1:
         raise ValueError(f"need n >= 2, n_boot >= 2 and 0 < level < 1, got n={n}, n_boot={n_boot}, level={level}")
     rng = np.random.default_rng(seed)
     vals = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=np.float64)
+    if recenter:
+        vals += stat(np.arange(n)) - np.median(vals)
     q = (1 - level) / 2
     return float(np.quantile(vals, q)), float(np.quantile(vals, 1 - q))
 

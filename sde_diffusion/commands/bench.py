@@ -20,14 +20,14 @@ def _names(text):
 def add_arguments(p) -> None:
     """Arguments shared by ``sde-diffusion bench`` and ``benchmarks/step_count.py``."""
     p.add_argument("--quick", action="store_true",
-                   help="every solver and 8 diffusers schedulers at NFE 5,10,20 with default spacings, n=256 (a few minutes)")
+                   help="every solver and 4 diffusers schedulers at NFE 5,10,20 with default spacings, n=128 (about 2 minutes once references are cached)")
     p.add_argument("--model", default="digits", help="digits (shipped U-Net), gmm (analytic mixture) or a model folder")
     p.add_argument("--solvers", default=None, help="comma-separated solver names (default: all in SOLVERS)")
     p.add_argument("--peers", default="all", help="comma-separated diffusers schedulers, 'all' or 'none'")
     p.add_argument("--spacings", default=None, help="comma-separated spacings for our solvers (default: quick = each solver's default, "
                                                     "full = uniform,quadratic,logsnr,karras,trailing)")
     p.add_argument("--nfe", default=None, help="comma-separated target NFEs (default 5,10,20 quick; 5,10,20,50,100 full)")
-    p.add_argument("--n", type=int, default=None, help="samples per row (default 256 quick, 1000 full)")
+    p.add_argument("--n", type=int, default=None, help="samples per row (default 128 quick, 256 full)")
     p.add_argument("--seed", type=int, default=0, help="sample k starts from x_T seeded seed + k")
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per metric (default 50 quick, 200 full)")
     p.add_argument("--out", default=None, help="output folder (default runs/bench_quick or runs/bench); rerun to resume")
@@ -48,7 +48,7 @@ def run(args) -> int:
     peers = {"all": True, "none": False}.get(args.peers, None)
     if peers is None:
         peers = _names(args.peers)
-    n = args.n if args.n is not None else (256 if args.quick else 1000)
+    n = args.n if args.n is not None else (128 if args.quick else 256)
     out = args.out or ("runs/bench_quick" if args.quick else "runs/bench")
     t0 = time.perf_counter()
     rows = run_bench(args.model, solvers=_names(args.solvers), nfes=_ints(args.nfe) if args.nfe else None, n=n,
