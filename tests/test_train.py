@@ -17,6 +17,15 @@ from sde_diffusion.train import train
 TINY = dict(base_channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[4], dropout=0.1, head_channels=8)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets gain nothing from intra-op threads, and lose a lot on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_data():
     return load_digits("train")[:32]
@@ -101,15 +110,15 @@ def test_overfit_one_batch():
     t = torch.tensor([10, 200, 500, 900])
     ac = VPSDE.from_betas(linear_betas(1000)).alphas_cumprod[t].float().view(-1, 1, 1, 1)
     xt = ac.sqrt() * x0 + (1 - ac).sqrt() * eps
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
-    for _ in range(120):
+    for _ in range(60):
         loss = ((net(xt, t.float()) - eps) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < losses[0] / 20
+    assert losses[-1] < losses[0] / 100
 
 
 def test_training_reduces_loss_and_exports_model(tmp_path, tiny_data):

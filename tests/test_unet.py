@@ -8,6 +8,15 @@ import torch
 from sde_diffusion.nets.unet import AttentionBlock, UNet, timestep_embedding
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets gain nothing from intra-op threads, and lose a lot on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _randomize(net, seed=0):
     """Zero-initialised output layers make a fresh UNet return exactly 0; perturb every weight."""
     g = torch.Generator().manual_seed(seed)
