@@ -190,12 +190,12 @@ def save_checkpoint(
 
 def _resolve(name_or_path) -> Path:
     s = os.fspath(name_or_path)
+    shipped = shipped_models()
+    if isinstance(name_or_path, str) and s in shipped:  # a bare shipped name wins; use "./digits" for a local folder
+        return ASSETS_DIR / s
     p = Path(s)
     if p.exists():
         return p
-    shipped = shipped_models()
-    if s in shipped:
-        return ASSETS_DIR / s
     listing = ", ".join(shipped) if shipped else "(none)"
     if os.sep in s or "/" in s or p.suffix:
         raise FileNotFoundError(f"model path not found: {s!r}; shipped models: {listing}")
@@ -223,7 +223,8 @@ def load_config(folder) -> dict:
 
 def load_model(name_or_path, device="cpu") -> NoisePredictor:
     """A ready ``NoisePredictor`` (eval mode, ``sample_shape`` set) from a shipped name
-    (``"digits"``), a model folder, its ``model.safetensors`` or its ``config.json``.
+    (``"digits"``; a bare shipped name wins over a same-named local folder, write ``"./digits"``
+    for that), a model folder, its ``model.safetensors`` or its ``config.json``.
 
     A diffusers pipeline folder goes to ``sde_diffusion.byom.load_diffusers_folder``.
     The model's config dict is attached as ``predictor.config``."""

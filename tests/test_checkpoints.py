@@ -215,3 +215,10 @@ def test_shipped_classifier_accuracy():
     assert float((logits.argmax(1) == y).float().mean()) >= 0.97
     with pytest.raises(ValueError):
         clf.logits(torch.zeros(2, 1, 16, 16))
+
+
+def test_shipped_name_wins_over_local_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(tmp_path / "digits", _net(), data={"shape": [1, 8, 8]}, training={"steps": 1})
+    assert load_model("digits").config["training"]["steps"] > 1  # the shipped model, not ./digits
+    assert load_model("./digits").config["training"]["steps"] == 1
