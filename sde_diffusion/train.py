@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -47,7 +48,7 @@ DEFAULT_SCHEDULE = {"kind": "linear", "num_train_steps": 1000, "beta_start": 1e-
 DEFAULT_NET = dict(base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=1, attention_resolutions=[4, 2],
                    dropout=0.1, head_channels=32)
 # run settings that must not change across a resume (``steps`` may be extended)
-_FROZEN = ("seed", "batch", "lr", "weight_decay", "warmup", "ema", "grad_clip", "net", "schedule", "data_shape", "data_count")
+_FROZEN = ("seed", "batch", "world_size", "lr", "weight_decay", "warmup", "ema", "grad_clip", "net", "schedule", "data_shape", "data_count")
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -139,6 +140,7 @@ def train(
     progress: bool = True,
     threads: Optional[int] = None,
     stop_after: Optional[int] = None,
+    device: str = "cpu",
 ) -> dict:
     """Train an epsilon-prediction U-Net and return ``{"losses": [(step, loss, lr), ...], "out": Path,
     "step": last step, "model_dir": Path}``.
@@ -147,6 +149,12 @@ def train(
     [-1, 1]. ``net``: UNet keyword overrides of ``DEFAULT_NET``. ``schedule``: the discrete chain
     (default DDPM linear, 1000 steps). ``resume``: continue from ``out/train_state.safetensors``
     (``steps`` may be raised). ``stop_after``: stop after that step as if killed (for tests).
+
+    Under ``torchrun`` (a ``torch.distributed`` process group is initialised), ``batch`` is per rank:
+    every rank draws the same global batch of ``batch x world_size`` from the step's generator and
+    trains on its slice, DistributedDataParallel averages the gradients (= the gradient of the global
+    mean loss), the logged loss is the all-reduced mean, and only rank 0 writes files. So W ranks with
+    batch B follow 1 process with batch W B (exactly, up to float reduction order, when dropout = 0).
     """
     for name, v in (("steps", steps), ("batch", batch), ("ckpt_every", ckpt_every)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -168,6 +176,10 @@ def train(
     net_cfg = dict(DEFAULT_NET)
     net_cfg.update(net or {})
     net_cfg.update(in_channels=shape[0], out_channels=shape[0], image_size=shape[1])
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+    main = rank == 0
+    dev = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # initial weights are a function of the seed
         model = UNet(**net_cfg)
@@ -177,32 +189,42 @@ def train(
     ema_model = UNet(**net_cfg)
     ema_model.load_state_dict(model.state_dict())
     ema_model.requires_grad_(False)
+    model.to(dev)
+    ema_model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
 
     out = Path(out)
     run_cfg = dict(seed=seed, batch=batch, lr=lr, weight_decay=weight_decay, warmup=warmup, ema=ema,
                    grad_clip=grad_clip, net=model.config, schedule=schedule, data_shape=list(shape),
                    data_count=n_data, data=str(data) if not isinstance(data, torch.Tensor) else "<tensor>",
-                   steps=steps, ckpt_every=ckpt_every)
+                   steps=steps, ckpt_every=ckpt_every, world_size=world)
     state_path, loss_path = out / STATE_NAME, out / LOSS_NAME
     start, wall_before = 0, 0.0
     if state_path.exists():
         if not resume:
             raise ValueError(f"{state_path} exists: pass resume=True (--resume) to continue, or choose another output folder")
         start, saved_cfg, wall_before = _unpack_state(state_path, model, ema_model, opt)
-        diff = [k for k in _FROZEN if json.dumps(saved_cfg.get(k), sort_keys=True) != json.dumps(run_cfg[k], sort_keys=True)]
+        diff = [k for k in _FROZEN if json.dumps(saved_cfg.get(k, 1 if k == "world_size" else None), sort_keys=True) != json.dumps(run_cfg[k], sort_keys=True)]
         if diff:
             raise ValueError(f"cannot resume {state_path}: settings differ from the saved run: "
                              + ", ".join(f"{k} (saved {saved_cfg.get(k)!r}, now {run_cfg[k]!r})" for k in diff))
         if start > steps:
             raise ValueError(f"{state_path} is at step {start}, beyond steps={steps}")
     losses = _read_losses(loss_path, start) if start > 0 else []
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["step", "loss", "lr"])
-    for r in losses:
-        w.writerow([r[0], repr(r[1]), repr(r[2])])
-    atomic_write_bytes(loss_path, buf.getvalue().encode())
+    if main:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["step", "loss", "lr"])
+        for r in losses:
+            w.writerow([r[0], repr(r[1]), repr(r[2])])
+        atomic_write_bytes(loss_path, buf.getvalue().encode())
+    if dist:
+        torch.distributed.barrier()
+    fwd = model
+    if dist:
+        from torch.nn.parallel import DistributedDataParallel
+
+        fwd = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     def export(step, wall):
         training = dict(steps=step, ema=True, ema_decay=ema, batch=batch, lr=lr, warmup=warmup, seed=seed,
@@ -221,28 +243,29 @@ def train(
     model.train()
     t0 = time.perf_counter()
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, initial=start, desc="train", mininterval=2.0, dynamic_ncols=True)
     end = steps if stop_after is None else min(steps, stop_after)
     step = start
-    with torch.random.fork_rng(devices=[]), open(loss_path, "a", newline="") as lf:
+    with torch.random.fork_rng(devices=[]), open(loss_path if main else os.devnull, "a", newline="") as lf:
         lw = csv.writer(lf, lineterminator="\n")
+        mine = slice(rank * batch, (rank + 1) * batch)  # this rank's part of the global batch
         for step in range(start + 1, end + 1):
             g = torch.Generator().manual_seed(_step_seed(seed, step))
-            idx = torch.randint(0, n_data, (batch,), generator=g)
-            n = torch.randint(0, n_train, (batch,), generator=g)
-            eps = torch.randn((batch, *shape), generator=g)
-            torch.manual_seed(_step_seed(seed, step) + 2**40)  # dropout
-            x0 = x_all[idx]
-            a = ac[n].sqrt().view(-1, 1, 1, 1)
-            s = (1 - ac[n]).sqrt().view(-1, 1, 1, 1)
+            idx = torch.randint(0, n_data, (batch * world,), generator=g)[mine]
+            n = torch.randint(0, n_train, (batch * world,), generator=g)[mine]
+            eps = torch.randn((batch * world, *shape), generator=g)[mine].to(dev)
+            torch.manual_seed(_step_seed(seed, step) + 2**40 + rank)  # dropout
+            x0 = x_all[idx].to(dev)
+            a = ac[n].sqrt().view(-1, 1, 1, 1).to(dev)
+            s = (1 - ac[n]).sqrt().view(-1, 1, 1, 1).to(dev)
             xt = a * x0 + s * eps
             cur_lr = _lr_at(step, lr, warmup)
             for grp in opt.param_groups:
                 grp["lr"] = cur_lr
-            loss = torch.mean((model(xt, n.to(torch.float32)) - eps) ** 2)
+            loss = torch.mean((fwd(xt, n.to(device=dev, dtype=torch.float32)) - eps) ** 2)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}")
             opt.zero_grad(set_to_none=True)
@@ -255,7 +278,11 @@ def train(
                     pe.mul_(d).add_(pm.detach(), alpha=1 - d)
                 for be, bm in zip(ema_model.buffers(), model.buffers()):
                     be.copy_(bm)
-            lv = float(loss.detach())
+            lt = loss.detach().clone()
+            if dist:  # the global batch's mean loss
+                torch.distributed.all_reduce(lt)
+                lt /= world
+            lv = float(lt)
             losses.append((step, lv, cur_lr))
             lw.writerow([step, repr(lv), repr(cur_lr)])
             lf.flush()
@@ -263,7 +290,7 @@ def train(
                 bar.update(1)
                 if step % 10 == 0 or step == end:
                     bar.set_postfix(loss=f"{lv:.4f}", lr=f"{cur_lr:.2e}", refresh=False)
-            if step % ckpt_every == 0 or step == steps:
+            if main and (step % ckpt_every == 0 or step == steps):
                 wall = wall_before + time.perf_counter() - t0
                 run_cfg["steps"] = max(steps, step)
                 tensors, meta = _pack_state(step, model, ema_model, opt, run_cfg, wall)
