@@ -72,3 +72,11 @@ def test_train_two_processes_batch_b_equals_one_process_batch_2b(tmp_path):
     for k in w1:
         # float reduction order differs; Adam turns ~1e-9 gradient differences into ~1e-5 weight differences
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=5e-5)
+
+
+def test_nll_one_vs_two_processes(tmp_path):
+    args = ["nll", "--model", "digits", "--num-images", "4", "--batch-size", "1", "--rtol", "1e-2", "--atol", "1e-2",
+            "--elbo-steps", "4", "--no-progress"]
+    pick = lambda out: [l.split("bits/dim")[0] for l in out.stdout.splitlines() if l.startswith(("ODE", "ELBO"))]
+    one, two = pick(_run(1, args, tmp_path)), pick(_run(2, args, tmp_path))
+    assert len(one) == 2 and one == two  # same mean +- CI: the union of shards is the whole split

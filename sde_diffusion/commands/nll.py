@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("--model", default="digits", help="shipped name (digits) or a model folder")
     p.add_argument("--data", default="digits", help="'digits' (sklearn 8x8 digits, see --split) or a .npy/.npz file / PNG folder")
     p.add_argument("--split", default="test", choices=["train", "test", "all"], help="digits split (default test)")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N images of the split (default all)")
+    p.add_argument("--n", "--num-images", dest="n", type=int, default=None,
+                   help="evaluate the first N images of the split (default all; under torchrun spell it --num-images)")
     p.add_argument("--batch-size", type=int, default=128, help="images per ODE solve (default 128)")
     p.add_argument("--trace", default="hutchinson", help="divergence: exact or hutchinson (default)")
     p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample, fixed per solve (default 1)")
@@ -79,7 +80,10 @@ def run(args) -> int:
     deq = None if args.dequantize == "none" else args.dequantize
     if deq not in DEQUANTIZE:
         raise CLIError(f"--dequantize must be one of centered, uniform, none; got {args.dequantize!r}")
-    model = resolve_model(args.model, device=args.device)
+    from .. import distributed
+
+    dist = distributed.init(args.device)  # under torchrun: test images are sharded by index
+    model = resolve_model(args.model, device=str(dist.device))
     x, name, default_bins = _load_data(args)
     num_bins = args.num_bins or default_bins
     if args.n is not None:
@@ -95,9 +99,10 @@ def run(args) -> int:
 
     bpd, elbo, nfe, enfe = [], [], [], []
     t_ode = t_elbo = 0.0
-    starts = range(0, len(x), args.batch_size)
-    for s in tqdm(starts, desc="nll", unit="batch", disable=args.no_progress):
-        xb = x[s: s + args.batch_size].to(args.device)
+    mine = dist.shard(len(x))
+    starts = range(mine.start, mine.stop, args.batch_size)
+    for s in tqdm(starts, desc="nll", unit="batch", disable=args.no_progress or not dist.is_main):
+        xb = x[s: min(s + args.batch_size, mine.stop)].to(dist.device)
         gens = per_sample_generators(args.seed + s, len(xb))
         t0 = time.perf_counter()
         r = log_likelihood(model, xb, method=args.method, rtol=args.rtol, atol=args.atol, t_end=args.t_end,
@@ -115,14 +120,22 @@ def run(args) -> int:
             enfe.append(e.nfe)
 
     n = len(x)
-    m, ci = _mean_ci(torch.cat(bpd))
+    empty = torch.zeros(0, dtype=torch.float64)
+    bpd_all = dist.gather_cat(torch.cat(bpd).double().cpu() if bpd else empty)
+    elbo_all = dist.gather_cat(torch.cat(elbo).double().cpu() if elbo else empty) if do_elbo else None
+    dist.close()
+    if not dist.is_main:
+        return 0
+    nfe = nfe or [0]
+    enfe = enfe or [0]
+    m, ci = _mean_ci(bpd_all)
     unit = f"bits/dim of the {num_bins}-level data ({deq} dequantization)" if deq else "bits/dim of the continuous density"
     trace = f"{args.trace}" + (f" x{args.probes} {args.noise}" if args.trace == "hutchinson" else "")
     print(f"{name} {args.split}: {n} images, model {args.model}")
     print(f"ODE  {m:.4f} +- {ci:.4f} {unit}, 95% CI   [{args.method} rtol={args.rtol:g} atol={args.atol:g}, "
           f"trace {trace}, NFE {sum(nfe) / len(nfe):.0f}/batch, {t_ode:.1f} s]")
     if do_elbo:
-        em, eci = _mean_ci(torch.cat(elbo))
+        em, eci = _mean_ci(elbo_all)
         terms = f"{elbo_k} stratified terms" if elbo_k else f"all {model.sde.num_train_steps} terms"
         print(f"ELBO {em:.4f} +- {eci:.4f} bits/dim (upper bound), 95% CI   [{terms}, NFE {sum(enfe) / len(enfe):.0f}/batch, "
               f"{t_elbo:.1f} s]")
