@@ -43,7 +43,7 @@ def _run(nproc, args, cwd):
     return r
 
 
-@pytest.mark.parametrize("solver", ["ddim", "ancestral"])
+@pytest.mark.parametrize("solver", ["ancestral"])  # stochastic: x_T and per-step noise both sharded
 def test_sample_one_vs_two_processes(tiny_model, tmp_path, solver):
     common = ["sample", "--model", str(tiny_model), "--solver", solver, "--steps", "4", "-n", "7",
               "--batch-size", "3", "--seed", "5", "--no-progress"]
