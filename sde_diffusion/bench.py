@@ -464,7 +464,7 @@ def summary(rows: list) -> list:
             a, b = _best(rows, m, nfe, "sde_diffusion", low), _best(rows, m, nfe, "diffusers", low)
             if a is None:
                 continue
-            ok = b is not None and low and b["value"] > 0
+            ok = b is not None and low and b["value"] > 0 and a["value"] >= 0
             ratio = a["value"] / b["value"] if ok else math.nan  # only for lower-is-better, positive metrics
             out.append(dict(target_nfe=nfe, metric=m, ours=a, theirs=b, ratio=ratio))
     return out
@@ -613,7 +613,8 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
     meta_path = out / "run.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in run_id} != run_id:
+        same = ("ident", "n", "seed")  # the weights' hash identifies the model, not how it was named
+        if {k: old.get(k) for k in same} != {k: run_id[k] for k in same}:
             raise ValueError(f"{out} holds results of another run ({ {k: old.get(k) for k in run_id} }); use a new --out")
     pred = bm.predictor
     x_T = pred.sde.prior_sample((n, *bm.shape), per_sample_generators(seed, n), dtype=bm.dtype)
