@@ -264,7 +264,7 @@ def reference_pf(model: NoisePredictor, x_T: torch.Tensor, rtol: float = REF_TOL
 SHIPPED_CACHE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cache"
 
 
-def _cached(bm: BenchModel, name: str, x_T, seed: int, cache_dir: Path, compute: Callable) -> tuple:
+def _cached(bm: BenchModel, name: str, x_T, seed: int, cache_dir: Path, compute: Callable, dist=None) -> tuple:
     """(samples, nfe, wall_s) of a reference run, from ``cache_dir`` or the repository's
     ``benchmarks/results/cache`` (read-only) when present, else computed and stored in ``cache_dir``."""
     from .checkpoints import load_safetensors, save_safetensors_atomic
@@ -281,7 +281,8 @@ def _cached(bm: BenchModel, name: str, x_T, seed: int, cache_dir: Path, compute:
     t0 = time.perf_counter()
     x, nfe = compute()
     wall = time.perf_counter() - t0
-    save_safetensors_atomic({"x": x}, cache_dir / fname, metadata={"nfe": str(nfe), "wall_s": repr(wall)})
+    if dist is None or dist.is_main:
+        save_safetensors_atomic({"x": x}, cache_dir / fname, metadata={"nfe": str(nfe), "wall_s": repr(wall)})
     return x, nfe, wall
 
 
@@ -341,10 +342,16 @@ def _forward_ms(pred: NoisePredictor, x: torch.Tensor, repeats: int = 3) -> floa
     return 1000 * float(np.median(times))
 
 
-def _run_config(bm: BenchModel, c: Config, x_T, seed: int, ref_cache: Callable, cache_dir: Path) -> tuple:
-    """(samples, measured nfe, wall seconds) of one configuration."""
+def _run_config(bm: BenchModel, c: Config, x_T, seed: int, ref_cache: Callable, cache_dir: Path, dist=None) -> tuple:
+    """(samples, measured nfe, wall seconds) of one configuration. Under torchrun every rank runs
+    its block of the samples (sample k keeps generator seed + k) and all ranks get the union."""
+    from .distributed import Dist
+
+    dist = dist or Dist()
     pred = bm.predictor
     n = x_T.shape[0]
+    m = dist.shard(n)
+    x_mine = x_T[m.start:m.stop]
     if c.role == "floor":
         g = np.random.default_rng(seed)
         pool = bm.floor
@@ -357,28 +364,30 @@ def _run_config(bm: BenchModel, c: Config, x_T, seed: int, ref_cache: Callable, 
         from .sampling import sample
 
         def compute():
-            res = sample(pred, x_T, solver=c.solver, steps=c.steps, spacing=c.spacing, seed=noise_seed, **c.options)
-            return res.samples, res.nfe
+            res = sample(pred, x_mine, solver=c.solver, steps=c.steps, spacing=c.spacing,
+                         generator=per_sample_generators(noise_seed + m.start, len(m)), **c.options)
+            return dist.gather_cat(res.samples), res.nfe
 
-        return _cached(bm, c.key, x_T, seed, cache_dir, compute)
+        return _cached(bm, c.key, x_T, seed, cache_dir, compute, dist)
     t0 = time.perf_counter()
     if c.library == "diffusers":
         from .peers import run_peer
 
-        x, nfe = run_peer(pred, c.solver, c.steps, x_T, spacing=c.spacing,
-                          generator=per_sample_generators(noise_seed, n))
+        x, nfe = run_peer(pred, c.solver, c.steps, x_mine, spacing=c.spacing,
+                          generator=per_sample_generators(noise_seed + m.start, len(m)))
     else:
         from .sampling import sample
 
-        kw = dict(c.options)
+        kw = dict(c.options, generator=per_sample_generators(noise_seed + m.start, len(m)))
         if c.spacing.startswith("adaptive") or c.spacing == "tuned":
-            res = sample(pred, x_T, solver=c.solver, seed=noise_seed, **kw)
+            res = sample(pred, x_mine, solver=c.solver, **kw)
         else:
-            res = sample(pred, x_T, solver=c.solver, steps=c.steps, spacing=c.spacing, seed=noise_seed, **kw)
+            res = sample(pred, x_mine, solver=c.solver, steps=c.steps, spacing=c.spacing, **kw)
         x, nfe = res.samples, res.nfe
         if c.steps is None:
             c.steps = res.info.get("accepted", res.info.get("steps"))
-    return x, nfe, time.perf_counter() - t0
+    wall = time.perf_counter() - t0  # this rank's time for its block
+    return dist.gather_cat(x), nfe, wall
 
 
 # ---- files --------------------------------------------------------------------------------
@@ -586,7 +595,7 @@ def _slug(s: str) -> str:
 # ---- the harness --------------------------------------------------------------------------
 def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Sequence[int]] = None, n: int = 2000,
               seed: int = 0, out_dir="runs/bench", quick: bool = False, peers=True, spacings=None,
-              n_boot: Optional[int] = None, progress: bool = False, plots: bool = True, log=print) -> list:
+              n_boot: Optional[int] = None, progress: bool = False, plots: bool = True, log=print, dist=None) -> list:
     """Run (or resume) the benchmark; returns the flat metric rows (also written to ``out_dir``).
 
     ``model``: a spec for ``load_bench_model`` or a ``BenchModel``. ``solvers``: names in
@@ -594,8 +603,15 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
     ``peers``: True (``QUICK_PEERS`` quick, all of ``peers.PEERS`` full), False, or a list of names.
     Quick mode uses each solver's default spacing and options and each peer's default spacing;
     full mode sweeps ``OUR_SPACINGS`` (stochastic solvers: default spacing only), ``VARIANTS`` and
-    every peer spacing."""
+    every peer spacing.
+
+    ``dist`` (``sde_diffusion.distributed.init()`` under torchrun): samples are sharded by index,
+    gathered, and scored and written by rank 0 only; rows equal a single-process run's."""
+    from .distributed import Dist
     from .solvers import SOLVERS
+
+    dist = dist or Dist()
+    main = dist.is_main
 
     bm = model if isinstance(model, BenchModel) else load_bench_model(model)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -621,25 +637,31 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
     fwd_ms = _forward_ms(pred, x_T)
     meta = dict(run_id, quick=quick, forward_ms=fwd_ms, n_boot=n_boot, machine=_machine(),
                 versions=_versions(), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-    _atomic_write(meta_path, json.dumps(meta, indent=1) + "\n")
+    if main:
+        _atomic_write(meta_path, json.dumps(meta, indent=1) + "\n")
 
     cfgs = plan(bm, solvers, nfes, quick, peers, spacings)
-    records = _read_log(log_path)
-    done = {rec["key"] for rec in records}
+    records = _read_log(log_path) if main else []
+    done = dist.broadcast_object({rec["key"] for rec in records})  # every rank skips the same rows
     todo = [c for c in cfgs if c.key not in done]
     log(f"bench {bm.name}: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done; n={n}, "
         f"one forward {fwd_ms:.1f} ms")
 
     ref_state = {}
 
+    def _sharded_reference():
+        m = dist.shard(n)
+        x, nfe = reference_pf(bm.predictor, x_T[m.start:m.stop])
+        return dist.gather_cat(x), nfe
+
     def ref_cache():
         if "x" not in ref_state:
             ref_state["x"], ref_state["nfe"], ref_state["wall"] = _cached(
-                bm, f"pf_dopri5_tol{REF_TOL:g}", x_T, seed, out / "cache", lambda: reference_pf(bm.predictor, x_T))
+                bm, f"pf_dopri5_tol{REF_TOL:g}", x_T, seed, out / "cache", _sharded_reference, dist)
         return ref_state["x"], ref_state["nfe"], ref_state["wall"]
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), unit="cfg", desc="bench")
@@ -648,7 +670,7 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
         if bar is not None:
             bar.set_postfix_str(f"{c.library}:{c.label} {c.spacing} nfe{c.target_nfe}"[:60])
         try:
-            x, nfe, wall = _run_config(bm, c, x_T, seed, ref_cache, out / "cache")
+            x, nfe, wall = _run_config(bm, c, x_T, seed, ref_cache, out / "cache", dist)
         except Exception as e:  # a failing solver is a result, not a crash of the whole run
             from .sampling import SolverError
 
@@ -657,6 +679,8 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
             log(f"  {c.key}: failed ({type(e).__name__}: {e})")
             x, nfe, wall = None, 0, 0.0
         ref = None if c.role == "floor" else ref_cache()[0]
+        if not main:  # rank 0 scores and writes
+            continue
         rows = []
         if x is not None:
             scores = score(bm, x, ref, n_boot, seed)
@@ -681,6 +705,8 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
             bar.update(1)
     if bar is not None:
         bar.close()
+    if not main:
+        return []
     meta["run_s_this_call"] = time.perf_counter() - t_start
     _atomic_write(meta_path, json.dumps(meta, indent=1) + "\n")
     rows = write_tables(out, records, meta)

@@ -46,8 +46,8 @@ class Dist:
             torch.distributed.barrier()
 
     def gather_cat(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Concatenate every rank's ``x`` (first dims may differ) in rank order; the result on
-        rank 0, None elsewhere (all ranks must call)."""
+        """Concatenate every rank's ``x`` (first dims may differ) in rank order; every rank gets
+        the result (all ranks must call)."""
         if not self.active:
             return x
         dist = torch.distributed
@@ -61,8 +61,6 @@ class Dist:
         pad[: x.shape[0]] = x.to(comm_dev)
         parts = [torch.zeros_like(pad) for _ in range(self.world_size)]
         dist.all_gather(parts, pad)
-        if not self.is_main:
-            return None
         return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(x.device)
 
     def broadcast_object(self, obj):

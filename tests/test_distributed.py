@@ -80,3 +80,24 @@ def test_nll_one_vs_two_processes(tmp_path):
     pick = lambda out: [l.split("bits/dim")[0] for l in out.stdout.splitlines() if l.startswith(("ODE", "ELBO"))]
     one, two = pick(_run(1, args, tmp_path)), pick(_run(2, args, tmp_path))
     assert len(one) == 2 and one == two  # same mean +- CI: the union of shards is the whole split
+
+
+def test_bench_one_vs_two_processes(tmp_path):
+    common = ["bench", "--model", "gmm", "--solvers", "ddim,ancestral", "--nfe", "5", "--num-samples", "16",
+              "--n-boot", "5", "--peers", "ddim", "--quick", "--no-progress"]
+    _run(1, common + ["--out", str(tmp_path / "one")], tmp_path)
+    _run(2, common + ["--out", str(tmp_path / "two")], tmp_path)
+    import csv
+
+    def rows(d):
+        with open(tmp_path / d / "results.csv") as f:
+            return {(r["library"], r["solver"], r["spacing"], r["metric"]): (r["nfe"], r["value"], r["ci_low"], r["ci_high"])
+                    for r in csv.DictReader(f)}
+
+    one, two = rows("one"), rows("two")
+    assert len(one) > 10 and one.keys() == two.keys()
+    for k in one:
+        if k[1] == "pf_reference":  # batched adaptive steps depend on the batch (shard vs all): tolerance
+            np.testing.assert_allclose([float(v) for v in two[k]], [float(v) for v in one[k]], rtol=2e-3, err_msg=str(k))
+        else:  # fixed-step solvers and peers: the same samples bitwise, so the same metrics and CIs
+            assert one[k] == two[k], k
