@@ -2,7 +2,7 @@
 
     from hypothesis import given
     from sde_diffusion.testing import vp_sdes, assert_valid_sde
-    given(vp_sdes())(assert_valid_sde)()
+    given(sde=vp_sdes())(lambda sde: assert_valid_sde(sde))()
 
 Strategies (need ``hypothesis``): ``beta_schedules``, ``vp_sdes``, ``time_grids``.
 Assertion helpers (plain functions, usable from any test runner): ``assert_valid_betas``,
