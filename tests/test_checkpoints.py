@@ -13,13 +13,6 @@ CFG = dict(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_re
            dropout=0.1, head_channels=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets gain nothing from intra-op threads, and lose a lot on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _net(seed=0, **kw):

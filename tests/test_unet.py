@@ -8,13 +8,6 @@ import torch
 from sde_diffusion.nets.unet import AttentionBlock, UNet, timestep_embedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets gain nothing from intra-op threads, and lose a lot on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomize(net, seed=0):
