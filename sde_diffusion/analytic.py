@@ -15,7 +15,6 @@ from typing import Optional
 import torch
 
 from .model import NoisePredictor
-from .randomness import randn
 from .sde import VPSDE
 
 __all__ = ["GaussianMixture"]

@@ -25,7 +25,7 @@ import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from .model import NoisePredictor
 from .schedules import check_betas, cosine_betas, linear_betas, rescale_zero_terminal_snr, scaled_linear_betas

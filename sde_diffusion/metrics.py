@@ -14,7 +14,6 @@ Analytic tier: ``mode_stats`` (per-mode coverage of a Gaussian mixture), log-den
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import numpy as np

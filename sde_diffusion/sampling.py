@@ -17,7 +17,7 @@ import torch
 
 from .grids import check_grid, grid_from_timesteps, time_grid
 from .model import NoisePredictor, NonFiniteOutput
-from .noise import NoiseSource, make_noise
+from .noise import make_noise
 from .randomness import per_sample_generators
 
 __all__ = ["sample", "SampleResult", "SolverError", "resolve_solver"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .grids import CONTINUOUS_SPACINGS, DISCRETE_SPACINGS, time_grid
-from .schedules import alphas_cumprod_of, cosine_betas, linear_betas, rescale_zero_terminal_snr, scaled_linear_betas
+from .schedules import alphas_cumprod_of, cosine_betas, linear_betas, scaled_linear_betas
 from .sde import VPSDE
 
 __all__ = ["beta_schedules", "vp_sdes", "time_grids", "assert_valid_betas", "assert_valid_sde",

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
 from scipy import stats
 
 from sde_diffusion import VPSDE, cosine_betas, linear_betas, rescale_zero_terminal_snr

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 
 def _scalars(sde, s: float, t: float):
     return sde.alpha(s), sde.sigma(s), sde.alpha(t), sde.sigma(t)

@@ -93,7 +93,7 @@ def pc(model, x, ts, *, noise, callback=None, predictor: str = "euler_maruyama",
     step_fn, popts = SOLVERS[predictor], dict(predictor_options or {})
     sde = model.sde
     for i in range(len(ts) - 1):
-        s, t = float(ts[i]), float(ts[i + 1])
+        t = float(ts[i + 1])
         seen = {}
         out = step_fn(model, x, ts[i:i + 2], noise=noise, callback=seen.update, **popts)
         x = out[0] if isinstance(out, tuple) else out
