@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .model import NoisePredictor
+from .randomness import rand, randn
 
 __all__ = ["log_likelihood", "LikelihoodResult", "elbo_bpd", "ElboResult", "TRACES", "NOISES",
            "DEQUANTIZE", "DECODERS", "VARIANCES", "dequantize_offset"]
@@ -87,22 +88,12 @@ def dequantize_offset(dequantize: Optional[str], num_bins: int) -> float:
 
 def _rand(shape, generator, dtype=_F64) -> torch.Tensor:
     """U[0, 1) noise; ``generator`` is None, one generator or one per sample (batch-invariant)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.rand(shape, generator=generator, dtype=dtype)
-    gens = list(generator)
-    if len(gens) != shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one per sample")
-    return torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype) for g in gens])
+    return rand(shape, generator, dtype=dtype)
 
 
 def _randn(shape, generator, dtype=_F64) -> torch.Tensor:
     """N(0, 1) noise; ``generator`` as in ``_rand``."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, dtype=dtype)
-    gens = list(generator)
-    if len(gens) != shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one per sample")
-    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in gens])
+    return randn(shape, generator, dtype=dtype)
 
 
 def _levels(x: torch.Tensor, num_bins: int) -> torch.Tensor:

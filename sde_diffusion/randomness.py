@@ -8,7 +8,7 @@ import torch
 
 Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 
-__all__ = ["randn", "per_sample_generators", "Generators"]
+__all__ = ["randn", "rand", "per_sample_generators", "Generators"]
 
 
 def per_sample_generators(seed: int, n: int, device="cpu") -> list:
@@ -27,16 +27,23 @@ def per_sample_generators(seed: int, n: int, device="cpu") -> list:
     return gens
 
 
-def randn(shape, generator: Generators = None, *, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Standard normal tensor. ``generator`` is None, one generator, or a list with one per
-    sample (len == shape[0]); noise is drawn on the generator's device and moved to ``device``."""
+def _draw(fn, shape, generator: Generators, dtype, device) -> torch.Tensor:
     shape = tuple(shape)
     if generator is None or isinstance(generator, torch.Generator):
         gdev = generator.device if generator is not None else device
-        return torch.randn(shape, generator=generator, dtype=dtype, device=gdev).to(device)
+        return fn(shape, generator=generator, dtype=dtype, device=gdev).to(device)
     gens = list(generator)
     if len(shape) == 0 or len(gens) != shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of shape {shape}; pass one per sample")
-    return torch.stack(
-        [torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device) for g in gens]
-    ).to(device)
+    return torch.stack([fn(shape[1:], generator=g, dtype=dtype, device=g.device) for g in gens]).to(device)
+
+
+def randn(shape, generator: Generators = None, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Standard normal tensor. ``generator`` is None, one generator, or a list with one per
+    sample (len == shape[0]); noise is drawn on the generator's device and moved to ``device``."""
+    return _draw(torch.randn, shape, generator, dtype, device)
+
+
+def rand(shape, generator: Generators = None, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """U[0, 1) tensor; ``generator`` as in ``randn``."""
+    return _draw(torch.rand, shape, generator, dtype, device)
