@@ -156,6 +156,7 @@ def save_checkpoint(
     prediction: str = "epsilon",
     data: Optional[dict] = None,
     training: Optional[dict] = None,
+    conditioning: Optional[dict] = None,
 ) -> Path:
     """Write ``net`` (a UNet) as ``folder/model.safetensors`` + ``folder/config.json``.
 
@@ -182,6 +183,7 @@ def save_checkpoint(
         "prediction": prediction,
         "data": data,
         "training": dict(training or {}),
+        **({"conditioning": conditioning} if conditioning else {}),
         "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(wpath)},
     }
     atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())

@@ -13,7 +13,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
-__all__ = ["load_digits", "load_digits_with_labels", "load_array", "load_png_folder", "load_data", "DIGITS_SPLIT_SEED"]
+__all__ = ["load_digits", "load_digits_with_labels", "load_array", "load_png_folder", "load_data",
+           "load_labelled_data", "DIGITS_SPLIT_SEED"]
 
 DIGITS_SPLIT_SEED = 20240  # fixed: the test split must never change (it is never used for training)
 DIGITS_TEST_FRACTION = 0.2
@@ -149,3 +150,48 @@ def load_data(spec) -> torch.Tensor:
     if not p.exists():
         raise FileNotFoundError(f"data not found: {s!r} (use 'digits', a .npy/.npz file or a folder of PNGs)")
     return load_array(p)
+
+
+def _check_labels(y: np.ndarray, n: int, name: str) -> torch.Tensor:
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"{name}: labels must have shape ({n},) (one per image), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name}: labels must be integers 0..C-1, got dtype {y.dtype}")
+    if n and y.min() < 0:
+        raise ValueError(f"{name}: labels must be integers 0..C-1, got a minimum of {y.min()}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def load_labelled_data(spec) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Images and integer class labels for class-conditional training: ``(x (N,C,H,W) in [-1, 1], y (N,))``.
+
+    ``"digits"`` (train split, labels 0..9); an ``.npz`` with arrays ``x`` (images, as in ``load_array``)
+    and ``y`` (labels 0..C-1); a folder with one sub-folder of PNGs per class (classes numbered in
+    sorted sub-folder order); or a tuple ``(x, y)`` of tensors."""
+    if isinstance(spec, tuple) and len(spec) == 2:
+        x = load_data(spec[0])
+        return x, _check_labels(np.asarray(torch.as_tensor(spec[1]).cpu()), x.shape[0], "labels")
+    s = os.fspath(spec)
+    if s == "digits":
+        return load_digits_with_labels("train")
+    p = Path(s)
+    if p.is_dir():
+        subs = sorted(d for d in p.iterdir() if d.is_dir())
+        if not subs:
+            raise ValueError(f"{p}: labelled PNG data needs one sub-folder per class (e.g. {p}/0/*.png, {p}/1/*.png)")
+        xs = [load_png_folder(d) for d in subs]
+        shapes = {tuple(x.shape[1:]) for x in xs}
+        if len(shapes) != 1:
+            raise ValueError(f"{p}: class folders hold images of different shapes {sorted(shapes)}")
+        y = np.concatenate([np.full(x.shape[0], k, dtype=np.int64) for k, x in enumerate(xs)])
+        return torch.cat(xs), torch.from_numpy(y)
+    if p.suffix != ".npz":
+        raise ValueError(f"labelled data must be 'digits', an .npz with arrays x and y, or a folder of class sub-folders; got {s!r}")
+    if not p.exists():
+        raise FileNotFoundError(f"data file not found: {p}")
+    with np.load(p, allow_pickle=False) as z:
+        if "x" not in z or "y" not in z:
+            raise ValueError(f"{p}: labelled .npz needs arrays 'x' (images) and 'y' (labels); it has {', '.join(z.keys()) or 'none'}")
+        y = z["y"]
+    x = load_array(p)  # picks 'x'
+    return x, _check_labels(y, x.shape[0], str(p))

@@ -35,7 +35,7 @@ from .checkpoints import (
     save_safetensors_atomic,
     schedule_betas,
 )
-from .data import load_data
+from .data import load_data, load_labelled_data
 from .nets.unet import UNet
 from .sde import VPSDE
 
@@ -48,7 +48,7 @@ DEFAULT_SCHEDULE = {"kind": "linear", "num_train_steps": 1000, "beta_start": 1e-
 DEFAULT_NET = dict(base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=1, attention_resolutions=[4, 2],
                    dropout=0.1, head_channels=32)
 # run settings that must not change across a resume (``steps`` may be extended)
-_FROZEN = ("seed", "batch", "world_size", "lr", "weight_decay", "warmup", "ema", "grad_clip", "net", "schedule", "data_shape", "data_count")
+_FROZEN = ("seed", "batch", "conditional", "cond_drop", "world_size", "lr", "weight_decay", "warmup", "ema", "grad_clip", "net", "schedule", "data_shape", "data_count")
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -141,6 +141,8 @@ def train(
     threads: Optional[int] = None,
     stop_after: Optional[int] = None,
     device: str = "cpu",
+    conditional: bool = False,
+    cond_drop: float = 0.1,
 ) -> dict:
     """Train an epsilon-prediction U-Net and return ``{"losses": [(step, loss, lr), ...], "out": Path,
     "step": last step, "model_dir": Path}``.
@@ -155,6 +157,12 @@ def train(
     trains on its slice, DistributedDataParallel averages the gradients (= the gradient of the global
     mean loss), the logged loss is the all-reduced mean, and only rank 0 writes files. So W ranks with
     batch B follow 1 process with batch W B (exactly, up to float reduction order, when dropout = 0).
+
+    ``conditional=True`` trains a class-conditional net for classifier-free guidance (Ho & Salimans
+    2022): ``data`` must carry labels (see ``sde_diffusion.data.load_labelled_data``), the U-Net gets
+    a class embedding with a null class (index C), and each example's label is replaced by the null
+    class with probability ``cond_drop`` (condition dropout), so one net learns both eps(x, t, y) and
+    eps(x, t).
     """
     for name, v in (("steps", steps), ("batch", batch), ("ckpt_every", ckpt_every)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -165,9 +173,16 @@ def train(
         raise ValueError(f"ema decay must be in [0, 1), got {ema!r}")
     if warmup < 0 or weight_decay < 0 or grad_clip <= 0:
         raise ValueError("warmup and weight_decay must be >= 0 and grad_clip > 0")
+    if not 0.0 <= cond_drop < 1.0:
+        raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop!r}")
     if threads is not None:
         torch.set_num_threads(int(threads))
-    x_all = load_data(data)
+    y_all = None
+    if conditional:
+        x_all, y_all = load_labelled_data(data)
+        num_classes = int(y_all.max()) + 1
+    else:
+        x_all = load_data(data)
     n_data, shape = x_all.shape[0], tuple(x_all.shape[1:])
     schedule = dict(schedule or DEFAULT_SCHEDULE)
     sde = VPSDE.from_betas(schedule_betas(schedule))
@@ -176,6 +191,8 @@ def train(
     net_cfg = dict(DEFAULT_NET)
     net_cfg.update(net or {})
     net_cfg.update(in_channels=shape[0], out_channels=shape[0], image_size=shape[1])
+    if conditional:
+        net_cfg["num_classes"] = num_classes
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
     main = rank == 0
@@ -197,7 +214,8 @@ def train(
     run_cfg = dict(seed=seed, batch=batch, lr=lr, weight_decay=weight_decay, warmup=warmup, ema=ema,
                    grad_clip=grad_clip, net=model.config, schedule=schedule, data_shape=list(shape),
                    data_count=n_data, data=str(data) if not isinstance(data, torch.Tensor) else "<tensor>",
-                   steps=steps, ckpt_every=ckpt_every, world_size=world)
+                   steps=steps, ckpt_every=ckpt_every, world_size=world,
+                   conditional=bool(conditional), cond_drop=float(cond_drop) if conditional else None)
     state_path, loss_path = out / STATE_NAME, out / LOSS_NAME
     start, wall_before = 0, 0.0
     if state_path.exists():
@@ -235,10 +253,15 @@ def train(
             data_info.update(dataset="sklearn digits (train split)", scaling="x / 8 - 1 from pixel values 0..16")
         else:
             data_info.update(dataset=run_cfg["data"], scaling="uint8 x / 127.5 - 1; floats in [0, 1] -> 2x - 1")
-        save_checkpoint(out / "model", ema_model, schedule=schedule, prediction="epsilon", data=data_info, training=training)
+        extra = {}
+        if conditional:
+            training["cond_drop"] = cond_drop
+            extra["conditioning"] = {"class_labels": {"num_classes": num_classes, "null_class": num_classes}}
+        save_checkpoint(out / "model", ema_model, schedule=schedule, prediction="epsilon", data=data_info,
+                        training=training, **extra)
         if keep_snapshots:
             save_checkpoint(out / "snapshots" / f"step_{step:07d}", ema_model, schedule=schedule,
-                            prediction="epsilon", data=data_info, training=training)
+                            prediction="epsilon", data=data_info, training=training, **extra)
 
     model.train()
     t0 = time.perf_counter()
@@ -257,6 +280,10 @@ def train(
             idx = torch.randint(0, n_data, (batch * world,), generator=g)[mine]
             n = torch.randint(0, n_train, (batch * world,), generator=g)[mine]
             eps = torch.randn((batch * world, *shape), generator=g)[mine].to(dev)
+            kw = {}
+            if conditional:  # condition dropout: the null class (index C) with probability cond_drop
+                drop = torch.rand((batch * world,), generator=g)[mine] < cond_drop
+                kw["class_labels"] = torch.where(drop, num_classes, y_all[idx]).to(dev)
             torch.manual_seed(_step_seed(seed, step) + 2**40 + rank)  # dropout
             x0 = x_all[idx].to(dev)
             a = ac[n].sqrt().view(-1, 1, 1, 1).to(dev)
@@ -265,7 +292,7 @@ def train(
             cur_lr = _lr_at(step, lr, warmup)
             for grp in opt.param_groups:
                 grp["lr"] = cur_lr
-            loss = torch.mean((fwd(xt, n.to(device=dev, dtype=torch.float32)) - eps) ** 2)
+            loss = torch.mean((fwd(xt, n.to(device=dev, dtype=torch.float32), **kw) - eps) ** 2)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at step {step}")
             opt.zero_grad(set_to_none=True)

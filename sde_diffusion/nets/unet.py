@@ -9,6 +9,12 @@ output layers so every residual branch starts as the identity.
 
 ``UNet(**net.config)`` rebuilds an identical architecture; ``forward(x, timesteps)`` takes
 float timesteps of shape (B,) (or a scalar), fractional values allowed.
+
+Class conditioning (``num_classes=C``): a learned embedding of the label is added to the timestep
+embedding (ADM's class-conditional U-Net, Dhariwal & Nichol 2021, Sec. 3), with one extra row,
+index C, for the *null class* that classifier-free guidance (Ho & Salimans 2022) uses as its
+unconditional input; ``forward(x, timesteps, class_labels=None)`` uses the null class when no label
+is given. The keyword is diffusers' ``UNet2DModel`` name.
 """
 
 from __future__ import annotations
@@ -119,6 +125,8 @@ class UNet(nn.Module):
             2**(L-1) runs (e.g. 8x8 up to 64x64).
         dropout: dropout rate inside residual blocks (Ho et al. 2020 use 0.1).
         head_channels: channels per attention head.
+        num_classes: number of class labels (0..C-1) for a class-conditional net; label C is the
+            learned null class. ``None``: unconditional.
     """
 
     def __init__(
@@ -132,6 +140,7 @@ class UNet(nn.Module):
         image_size: int = 8,
         dropout: float = 0.1,
         head_channels: int = 32,
+        num_classes: Optional[int] = None,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -144,6 +153,8 @@ class UNet(nn.Module):
             raise ValueError(f"channel_mults must be a non-empty sequence of integers >= 1, got {channel_mults!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes must be None or an integer >= 1, got {num_classes!r}")
         attention_resolutions = tuple(int(r) for r in attention_resolutions)
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
@@ -151,10 +162,14 @@ class UNet(nn.Module):
             attention_resolutions=list(attention_resolutions), image_size=image_size,
             dropout=float(dropout), head_channels=head_channels,
         )
+        if num_classes is not None:  # absent from unconditional configs, so old config.json files still match
+            self.config["num_classes"] = num_classes
         self.downsample_factor = 2 ** (len(channel_mults) - 1)
         emb_dim = 4 * base_channels
         self.base_channels = base_channels
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.num_classes = num_classes
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None  # row C = null
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def attn(ch, res):
@@ -190,7 +205,7 @@ class UNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x: torch.Tensor, timesteps) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"UNet expects input (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
         f = self.downsample_factor
@@ -202,6 +217,17 @@ class UNet(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"timesteps must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.class_emb is not None:
+            if class_labels is None:  # unconditional: the null class
+                class_labels = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+            class_labels = torch.as_tensor(class_labels, device=x.device)
+            if class_labels.shape != (x.shape[0],) or class_labels.dtype.is_floating_point:
+                raise ValueError(f"class_labels must be integers of shape ({x.shape[0]},), got {class_labels.dtype} {tuple(class_labels.shape)}")
+            if bool(((class_labels < 0) | (class_labels > self.num_classes)).any()):
+                raise ValueError(f"class_labels must lie in 0..{self.num_classes - 1} (or {self.num_classes} = null class)")
+            emb = emb + self.class_emb(class_labels.long())
+        elif class_labels is not None:
+            raise ValueError("this UNet is unconditional (num_classes=None) and takes no class_labels")
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
