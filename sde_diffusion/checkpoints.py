@@ -17,12 +17,10 @@ or ``unet/config.json``) is handed to ``sde_diffusion.byom.load_diffusers_folder
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 
@@ -43,63 +41,9 @@ FORMAT = "sde_diffusion.model"
 FORMAT_VERSION = 1
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-# ---- atomic file writes ------------------------------------------------------------------
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, fsync, then ``os.replace`` onto ``path``:
-    readers see either the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; use the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path, metadata: Optional[Dict[str, str]] = None) -> None:
-    from safetensors.torch import save
-
-    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(data, metadata=metadata))
-
-
-def load_safetensors(path, device="cpu"):
-    """(tensors, metadata) from a safetensors file; truncated/corrupt files -> ValueError."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        out = {}
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
-            for k in f.keys():
-                out[k] = f.get_tensor(k)
-        return out, meta
-    except Exception as e:  # safetensors raises SafetensorError / OSError on bad headers or short files
-        raise ValueError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# file helpers live in sde_diffusion.files; re-exported here so old imports keep working
+from .files import atomic_write_bytes, load_safetensors, save_safetensors_atomic  # noqa: E402,F401
+from .files import sha256_file as _sha256  # noqa: E402,F401
 
 
 # ---- config pieces -----------------------------------------------------------------------
