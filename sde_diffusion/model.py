@@ -1,19 +1,23 @@
-"""``NoisePredictor``: any network ``net(x, timesteps)`` seen through one VP-SDE.
+"""``NoisePredictor``: any network ``net(x, timesteps, **cond)`` seen through one VP-SDE.
 
 Conversions (x_t = alpha x0 + sigma eps):
     x0 = (x - sigma eps) / alpha,     eps = (x - alpha x0) / sigma,
     score = -eps / sigma,             v = alpha eps - sigma x0   (Salimans & Ho 2022),
     x0 = alpha x - sigma v,           eps = alpha v + sigma x.
 Schedule scalars are float64 and cast to x's dtype at the boundary; the net runs in its own
-dtype/device. ``nfe`` counts network calls (one per batched call).
+dtype/device. ``nfe`` counts network evaluations (one per batched call; a guided evaluation, one
+doubled batch, counts once); ``net_rows`` counts the rows the network actually processed.
+Conditioning and classifier-free guidance: see ``guidance.py`` and ``NoisePredictor.conditioned``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 
+from .guidance import Guidance, guided_output, make_guidance
 from .sde import VPSDE, _bcast
 
 __all__ = ["NoisePredictor", "Prediction", "PREDICTIONS", "NonFiniteOutput"]
@@ -50,6 +54,9 @@ class NoisePredictor:
         check_finite: bool = True,
         sample_shape: Optional[tuple] = None,
         timestep_dtype: torch.dtype = torch.float32,
+        conditioning: Optional[Mapping] = None,
+        net_dtype: Optional[torch.dtype] = None,
+        config: Optional[dict] = None,
     ):
         if not callable(net):
             raise ValueError(f"net must be callable as net(x, timesteps), got {type(net).__name__}")
@@ -69,7 +76,16 @@ class NoisePredictor:
         self.check_finite = check_finite
         self.sample_shape = tuple(sample_shape) if sample_shape is not None else None
         self.timestep_dtype = timestep_dtype
+        if conditioning is not None and not isinstance(conditioning, Mapping):
+            raise ValueError(f"conditioning must be a dict naming the net's keyword inputs, got {type(conditioning).__name__}")
+        self.conditioning = dict(conditioning) if conditioning else None
+        if net_dtype is not None and not (isinstance(net_dtype, torch.dtype) and net_dtype.is_floating_point):
+            raise ValueError(f"net_dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {net_dtype!r}")
+        self.net_dtype = net_dtype
+        self.config = config
         self.nfe = 0
+        self.net_rows = 0
+        self._guidance: Optional[Guidance] = None
 
     def reset_nfe(self) -> int:
         """Set ``nfe`` to 0 and return the previous count."""
@@ -96,22 +112,58 @@ class NoisePredictor:
             return self.sde.timestep_of(t)
         return t
 
-    def raw(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Call the net once on (x, t) and return its raw output; counts one NFE."""
-        tt = self._times(x, t)
-        ts = self.net_timesteps(tt).to(device=x.device, dtype=self.timestep_dtype)
-        out = self.net(x, ts)
+    @contextmanager
+    def conditioned(self, cond: Optional[Mapping] = None, *, guidance: Optional[float] = None,
+                    guidance_rescale: float = 0.0, guidance_interval: Optional[Tuple[float, float]] = None,
+                    null_cond: Optional[Mapping] = None, batch: Optional[int] = None,
+                    device=None) -> Iterator["NoisePredictor"]:
+        """Within the block every network call of every solver is conditioned on ``cond`` (and
+        guided with scale ``guidance``); see ``guidance.py`` for the formulas. Arguments are checked
+        against ``self.conditioning`` on entry, before any network call. ``batch`` (default: the
+        batch of the ``cond`` tensors) is the batch size the calls will have."""
+        if batch is None:
+            batch = next((int(torch.as_tensor(v).shape[0]) for v in (cond or {}).values()
+                          if torch.as_tensor(v).ndim > 0), 1)
+        g = make_guidance(self.conditioning, batch, device, cond, guidance, guidance_rescale,
+                          guidance_interval, null_cond)
+        previous, self._guidance = self._guidance, g
+        try:
+            yield self
+        finally:
+            self._guidance = previous
+
+    def _call_net(self, x: torch.Tensor, ts: torch.Tensor, cond: Mapping) -> torch.Tensor:
+        xin = x.to(self.net_dtype) if self.net_dtype is not None else x
+        out = self.net(xin, ts, **cond)
         if hasattr(out, "sample") and not isinstance(out, torch.Tensor):  # diffusers output object
             out = out.sample
         elif isinstance(out, (tuple, list)):
             out = out[0]
-        self.nfe += 1
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net output shape {shape} does not match input shape {tuple(x.shape)}")
+        if not out.is_floating_point():
+            raise ValueError(f"net returned {out.dtype} values; a noise/data prediction must be floating point")
+        return out.to(x.dtype)
+
+    def raw(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Call the net once on (x, t) and return its raw output (guided inside ``conditioned``);
+        counts one NFE."""
+        tt = self._times(x, t)
+        ts = self.net_timesteps(tt).to(device=x.device, dtype=self.timestep_dtype)
+        g = self._guidance
+        if g is None:
+            out, rows = self._call_net(x, ts, {}), x.shape[0]
+        else:
+            for k, v in g.cond.items():
+                if v.shape[0] != x.shape[0]:
+                    raise ValueError(f"cond[{k!r}] has batch {v.shape[0]} but the solver called the net on a batch of {x.shape[0]}")
+            out, rows = guided_output(self._call_net, x, ts, tt, g)
+        self.nfe += 1
+        self.net_rows += rows
         if self.check_finite and not torch.isfinite(out).all():
             raise NonFiniteOutput(f"net returned NaN/inf at t in [{float(tt.min()):.6g}, {float(tt.max()):.6g}] (nfe={self.nfe})")
-        return out.to(x.dtype)
+        return out
 
     # ---- conversions --------------------------------------------------------------------
     def coefficients(self, x: torch.Tensor, t):

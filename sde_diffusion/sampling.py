@@ -85,7 +85,8 @@ def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts)
 
 def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver="dpmpp_2m", steps=None,
            spacing=None, timesteps=None, ts=None, shape=None, seed=None, generator=None,
-           noise="gaussian", progress=False, callback=None, **options) -> SampleResult:
+           noise="gaussian", progress=False, callback=None, cond=None, guidance=None, guidance_rescale=0.0,
+           guidance_interval=None, null_cond=None, **options) -> SampleResult:
     """Sample from ``model`` by solving the reverse process from ``x_T`` at ``ts[0]`` to ``ts[-1]``.
 
     Grid: exactly one of ``timesteps`` (discrete indices, descending; a final step to t = 0 is
@@ -95,6 +96,14 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
     generators seed+k, so sample k does not depend on its batch-mates). ``noise="brownian"``
     makes stochastic runs at different step counts share one Brownian path per sample.
     ``options`` go to the solver (e.g. ``eta`` for ddim); unknown ones raise ``TypeError``.
+
+    Conditioning (``guidance.py``): ``cond`` maps the net's keyword inputs to per-sample tensors
+    (first dimension = batch), e.g. ``{"class_labels": y}``; every network call of the solver gets
+    them. ``guidance=w`` applies classifier-free guidance out = out_uncond + w (out_cond -
+    out_uncond) in one doubled batch (None or 1: plain conditional sampling); ``guidance_rescale``
+    (Lin et al. 2024) and ``guidance_interval=(t_lo, t_hi)`` (Kynkäänniemi et al. 2024) as in
+    diffusers; ``null_cond`` overrides the model's null condition. A guided evaluation counts as one
+    NFE; ``info["network_rows"]`` counts the rows the net processed.
     """
     if not isinstance(model, NoisePredictor):
         raise ValueError(f"model must be a NoisePredictor (wrap your net with NoisePredictor(net, sde)), got {type(model).__name__}")
@@ -123,6 +132,16 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
         raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
     if isinstance(generator, (list, tuple)) and len(generator) != x_T.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x_T.shape[0]}")
+    if model.sample_shape is not None and tuple(x_T.shape[1:]) != tuple(model.sample_shape):
+        raise ValueError(f"x_T has sample shape {tuple(x_T.shape[1:])} but the model was trained on {tuple(model.sample_shape)}")
+    # entering the context validates cond/guidance against the model, before any network call
+    with model.conditioned(cond, guidance=guidance, guidance_rescale=guidance_rescale,
+                           guidance_interval=guidance_interval, null_cond=null_cond,
+                           batch=x_T.shape[0], device=x_T.device):
+        return _solve(model, name, fn, x_T, grid, seed, generator, noise, progress, callback, options)
+
+
+def _solve(model, name, fn, x_T, grid, seed, generator, noise, progress, callback, options) -> SampleResult:
     seeds = [seed + k for k in range(x_T.shape[0])] if seed is not None else None
     src = make_noise(noise, x_T.shape, generator=generator, seeds=seeds, dtype=x_T.dtype, device=x_T.device)
 
@@ -143,7 +162,7 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
         if callback is not None:
             callback(d)
 
-    nfe0 = model.nfe
+    nfe0, rows0 = model.nfe, model.net_rows
     try:
         with torch.no_grad():
             out = fn(model, x_T, grid, noise=src, callback=_callback, **options)
@@ -155,4 +174,6 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
     x, info = out if isinstance(out, tuple) else (out, {})
     if not torch.isfinite(x).all():
         raise SolverError(f"solver {name!r} returned NaN/inf (nfe {model.nfe - nfe0})")
-    return SampleResult(samples=x, nfe=model.nfe - nfe0, ts=grid, info=dict(info))
+    info = dict(info)
+    info.setdefault("network_rows", model.net_rows - rows0)
+    return SampleResult(samples=x, nfe=model.nfe - nfe0, ts=grid, info=info)

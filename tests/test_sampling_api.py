@@ -59,7 +59,7 @@ def test_user_callable_solver():
     r = sample(M, x_T, solver=halfway, steps=4, scale=2.0)
     a, s = SDE.alpha(1.0), SDE.sigma(1.0)
     torch.testing.assert_close(r.samples, 2.0 * (x_T - s * G.eps(x_T, 1.0, SDE)) / a)
-    assert r.nfe == 1 and r.info == {"note": "toy"}
+    assert r.nfe == 1 and r.info == {"note": "toy", "network_rows": 3}
     with pytest.raises(TypeError, match="bogus"):
         sample(M, x_T, solver=halfway, steps=4, bogus=1)
 
