@@ -1,6 +1,7 @@
 """The solver contract, checked for EVERY entry of SOLVERS at test time (solvers added later are
-covered automatically): dtype/shape/device kept, determinism, documented NFE, batch invariance,
-option and name errors, NaN -> SolverError. Adaptive solvers get no steps."""
+covered automatically): declared facts complete, dtype/shape/device kept, determinism, declared NFE
+(``SolverSpec.nfe``, checked against an independent call counter), batch invariance, option and name
+errors, NaN -> SolverError. Adaptive solvers get no steps."""
 
 import pytest
 import torch
@@ -10,23 +11,8 @@ from sde_diffusion.randomness import per_sample_generators
 from sde_diffusion.sampling import SolverError, sample
 from sde_diffusion.schedules import linear_betas
 from sde_diffusion.sde import VPSDE
-from sde_diffusion.solvers import ADAPTIVE, SOLVERS, STOCHASTIC
-
-# Expected NFE for K grid intervals; z = the grid ends at t = 0. These are each solver's documented
-# cost (its docstring), written down independently of its code.
-NFE = {
-    "ancestral": lambda K, z: K,
-    "ddim": lambda K, z: K,
-    "euler": lambda K, z: K,
-    "heun": lambda K, z: 2 * K - 1 if z else 2 * K,  # no second stage on the step to sigma = 0
-    "dpm_solver": lambda K, z: 3 * (K - 1) + 1 if z else 3 * K,  # order 3; first order to t = 0
-    "dpmpp_2m": lambda K, z: K,
-    "dpmpp_3m": lambda K, z: K,
-    "dpmpp_2m_sde": lambda K, z: K,
-    "unipc": lambda K, z: K,  # corrector reuses the next predictor's evaluation
-    "euler_maruyama": lambda K, z: K,
-    "pc": lambda K, z: K + (K - 1 if z else K),  # n_corrector = 1, no corrector at t = 0
-}
+from sde_diffusion.solvers import ADAPTIVE, SOLVERS, SPECS, STOCHASTIC
+from sde_diffusion.solvers.spec import check_spec
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SDE = VPSDE.from_betas(linear_betas(1000))
@@ -98,17 +84,35 @@ def test_nfe_as_documented(name, ts):
     r = sample(model_of(net), x_T, solver=name, seed=0, **grid_kwargs(name, ts))
     assert r.nfe == net.calls, "SampleResult.nfe must count every network call"
     to_zero = ts is None
+    K = len(r.ts) - 1
     if name in ADAPTIVE:
         assert r.info["nfe"] == r.nfe
-        if name == "ode":  # dopri5: 2 evaluations to start, 6 per attempted step (FSAL), +1 denoising
-            assert r.nfe == 2 + 6 * (r.info["accepted"] + r.info["rejected"]) + to_zero
-        if name == "scipy":  # explicit RK45: scipy's nfev, +1 denoising
-            assert r.nfe == r.info["nfev"] + to_zero
-        return
-    if name not in NFE:
-        pytest.skip(f"no documented NFE formula for solver {name!r}: add one to NFE in {__file__}")
-    K = len(r.ts) - 1
-    assert r.nfe == NFE[name](K, to_zero)
+    assert r.nfe == SPECS[name].expected_nfe(K, to_zero, r.info), f"{name}: declared nfe = {SPECS[name].nfe!r}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_facts_declared(name):
+    """Every registry entry declares its facts (spec.py) and the registry is derived from them."""
+    spec = getattr(SOLVERS[name], "spec", None)
+    assert spec is not None, f"solver {name!r} has no SolverSpec: decorate it with @solver(...)"
+    assert spec is SPECS[name] and spec.name == name and spec.fn is SOLVERS[name]
+    check_spec(spec)
+    assert (name in ADAPTIVE) == spec.adaptive and (name in STOCHASTIC) == spec.stochastic
+    if not spec.adaptive and not spec.stochastic:
+        assert spec.order is not None, f"{name}: deterministic solvers must declare an order"
+
+
+def test_solvers_doc_table_is_rendered_from_specs():
+    """docs/solvers.md's table between the markers equals ``solver_table()`` (regenerate with
+    ``python -c "from sde_diffusion.solvers.spec import update_doc; update_doc('docs/solvers.md')"``)."""
+    from pathlib import Path
+
+    from sde_diffusion.solvers import solver_table
+
+    doc = (Path(__file__).parents[1] / "docs" / "solvers.md").read_text()
+    begin, end = "<!-- solver-table: begin -->\n", "<!-- solver-table: end -->"
+    assert begin in doc and end in doc, "docs/solvers.md lacks the solver-table markers"
+    assert doc.split(begin, 1)[1].split(end, 1)[0] == solver_table(), "docs/solvers.md table is stale: regenerate it"
 
 
 @pytest.mark.parametrize("name", ALL)

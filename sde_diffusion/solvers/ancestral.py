@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 
+from .spec import solver
+
 
 def _scalars(sde, s: float, t: float):
     return sde.alpha(s), sde.sigma(s), sde.alpha(t), sde.sigma(t)
 
 
+@solver(order=None, nfe="K", default_spacing="uniform", stochastic=True, adaptive=False,
+        peers=("diffusers.DDPMScheduler",))
 def ancestral(model, x, ts, *, noise, callback=None, variance: str = "small"):
     """DDPM ancestral sampling from the posterior q(x_t | x_s, x0_hat) (Ho et al. 2020, eqs. 6-7).
 
@@ -39,6 +43,8 @@ def ancestral(model, x, ts, *, noise, callback=None, variance: str = "small"):
     return x
 
 
+@solver(order=1, nfe="K", default_spacing="uniform", stochastic=False, adaptive=False,
+        peers=("diffusers.DDIMScheduler",))
 def ddim(model, x, ts, *, noise, callback=None, eta: float = 0.0):
     """DDIM (Song et al. 2021a, eq. 12); eta = 0 deterministic, eta = 1 equals ancestral.
 

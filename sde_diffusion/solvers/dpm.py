@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+from .spec import solver
+
 _ALGORITHMS = ("dpmsolver++", "dpmsolver")
 
 
@@ -71,6 +73,10 @@ def dpm_solver_fast_orders(nfe: int, order: int = 3, final_to_zero: bool = True)
     return out + ([1] if final_to_zero else [])
 
 
+@solver(order=3, nfe="3*K - 2*z", default_spacing="logsnr", stochastic=False, adaptive=False, peers=(),
+        variants=(("order=1", {"order": 1}, 1), ("order=2", {"order": 2}, 2),
+                  ("order=2 eps", {"order": 2, "algorithm": "dpmsolver"}, 2),
+                  ("order=3 eps", {"order": 3, "algorithm": "dpmsolver"}, 3)))
 def dpm_solver(model, x, ts, *, noise, callback=None, order: int = 3, orders: Optional[Sequence[int]] = None,
                algorithm: str = "dpmsolver++"):
     """Singlestep DPM-Solver (Lu et al. 2022) / DPM-Solver++ (Lu et al. 2022b) on the grid ``ts``.
@@ -213,6 +219,8 @@ def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight
     return x
 
 
+@solver(order=2, nfe="K", default_spacing="logsnr", stochastic=False, adaptive=False,
+        peers=("diffusers.DPMSolverMultistepScheduler",), order_options={"lower_order_final": False})
 def dpmpp_2m(model, x, ts, *, noise, callback=None, lower_order_final: bool = True):
     """Multistep DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction, NFE = K:
     x_t = (sigma_t/sigma_s) x - alpha_t (e^{-h} - 1) [x0_s + (x0_s - x0_prev)/(2 r)], r = h_prev/h.
@@ -226,6 +234,11 @@ def dpmpp_2m(model, x, ts, *, noise, callback=None, lower_order_final: bool = Tr
 _3M_VARIANTS = {"taylor": 2.0, "diffusers": 1.0}
 
 
+# the formula of diffusers / k-diffusion / DPM-Solver's code halves the second-difference term: order 2
+@solver(order=3, nfe="K", default_spacing="logsnr", stochastic=False, adaptive=False,
+        peers=("diffusers.DPMSolverMultistepScheduler(solver_order=3) [variant='diffusers']",),
+        order_options={"lower_order_final": False},
+        variants=(("variant=diffusers", {"variant": "diffusers", "lower_order_final": False}, 2),))
 def dpmpp_3m(model, x, ts, *, noise, callback=None, lower_order_final: bool = True, variant: str = "taylor"):
     """Multistep third-order DPM-Solver++(3M) (Lu et al. 2022b, Sec. 4 with order 3), data prediction, NFE = K:
     x_t = (sigma_t/sigma_s) x - alpha_t phi_1 m0 + alpha_t phi_2 D1 - w alpha_t phi_3 D2,
@@ -241,6 +254,9 @@ def dpmpp_3m(model, x, ts, *, noise, callback=None, lower_order_final: bool = Tr
     return _dpmpp_multistep(model, x, ts, callback, 3, lower_order_final, _3M_VARIANTS[variant])
 
 
+@solver(order=2, nfe="K", default_spacing="logsnr", stochastic=True, adaptive=False,
+        peers=("diffusers.DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')",),
+        order_options={"eta": 0.0, "lower_order_final": False})
 def dpmpp_2m_sde(model, x, ts, *, noise, callback=None, eta: float = 1.0, lower_order_final: bool = True):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. B), midpoint form of k-diffusion ``sample_dpmpp_2m_sde``:
     x_t = (sigma_t/sigma_s) e^{-eta h} x + alpha_t (1 - e^{-(1+eta) h}) [x0 + (x0 - x0_prev)/(2 r)]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from .spec import solver
+
 
 def _check_churn(S_churn, S_tmin, S_tmax, S_noise):
     for name, v in (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_noise", S_noise)):
@@ -67,6 +69,8 @@ def _edm(model, x, ts, noise, callback, second_order, S_churn, S_tmin, S_tmax, S
     return x
 
 
+@solver(order=1, nfe="K", default_spacing="karras", stochastic=False, adaptive=False,
+        peers=("diffusers.EulerDiscreteScheduler",))
 def euler(model, x, ts, *, noise, callback=None, S_churn: float = 0.0, S_tmin: float = 0.0,
           S_tmax: float = math.inf, S_noise: float = 1.0):
     """Euler in EDM's sigma space (Karras et al. 2022, Alg. 2 without the Heun correction).
@@ -77,6 +81,8 @@ def euler(model, x, ts, *, noise, callback=None, S_churn: float = 0.0, S_tmin: f
     return _edm(model, x, ts, noise, callback, False, S_churn, S_tmin, S_tmax, S_noise)
 
 
+@solver(order=2, nfe="2*K - z", default_spacing="karras", stochastic=False, adaptive=False,
+        peers=("diffusers.HeunDiscreteScheduler",))
 def heun(model, x, ts, *, noise, callback=None, S_churn: float = 0.0, S_tmin: float = 0.0,
          S_tmax: float = math.inf, S_noise: float = 1.0):
     """Heun's 2nd-order method in EDM's sigma space (Karras et al. 2022, Alg. 1; Alg. 2 if S_churn > 0).

@@ -24,6 +24,7 @@ import math
 import torch
 
 from ..model import NonFiniteOutput
+from .spec import solver
 
 __all__ = ["ode", "scipy", "ODE_VARIABLES"]
 
@@ -126,6 +127,8 @@ def _check_tol(rtol, atol):
             raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
 
 
+# dopri5 (default method): 2 evaluations to start, 6 per attempted step (FSAL), + 1 denoising
+@solver(order=None, nfe="2 + 6*(accepted + rejected) + z", default_spacing=None, stochastic=False, adaptive=True, peers=())
 def ode(model, x, ts, *, noise=None, callback=None, method="dopri5", rtol=1e-5, atol=1e-5, t_eps=None,
         variable="lambda", per_sample=False, options=None):
     """Probability-flow ODE (Song et al. 2021, eq. 13) by ``torchdiffeq.odeint`` (Chen et al. 2018).
@@ -166,6 +169,8 @@ def ode(model, x, ts, *, noise=None, callback=None, method="dopri5", rtol=1e-5, 
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 
 
+# explicit RK45 (default method): scipy's nfev, + 1 denoising
+@solver(order=None, nfe="nfev + z", default_spacing=None, stochastic=False, adaptive=True, peers=())
 def scipy(model, x, ts, *, noise=None, callback=None, method="RK45", rtol=1e-5, atol=1e-5, t_eps=None,
           variable="lambda", per_sample=False):
     """Probability-flow ODE by ``scipy.integrate.solve_ivp`` on the flattened batch in float64, as

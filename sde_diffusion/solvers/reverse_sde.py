@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from .spec import solver
+
 __all__ = ["euler_maruyama", "pc", "langevin_step_size"]
 
 
@@ -22,6 +24,7 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+@solver(order=None, nfe="K", default_spacing="uniform", stochastic=True, adaptive=False, peers=())
 def euler_maruyama(model, x, ts, *, noise, callback=None):
     """Euler-Maruyama on the reverse-time VP-SDE (Song et al. 2021, eq. 6; Kloeden & Platen 1992).
 
@@ -69,6 +72,7 @@ def _langevin(model, x, t: float, *, noise, snr: float, alpha_i: float):
     return x + step * score + torch.sqrt(2.0 * step) * z, x0
 
 
+@solver(order=None, nfe="2*K - z", default_spacing="uniform", stochastic=True, adaptive=False, peers=())
 def pc(model, x, ts, *, noise, callback=None, predictor: str = "euler_maruyama", snr: float = 0.16,
        n_corrector: int = 1, predictor_options=None):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 2 (VE) / Alg. 3 (VP)).

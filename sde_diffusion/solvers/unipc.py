@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .dpm import _coefs
+from .spec import solver
 
 _VARIANTS = ("bh1", "bh2")
 
@@ -49,6 +50,12 @@ def _history(lams, x0s, l_s, m_s, h, p):
     return rks, ds
 
 
+# UniPC-p with the corrector has order p + 1 (Zhao et al. 2023, Thm. 3.3); UniP-p alone has order p
+@solver(order=3, nfe="K", default_spacing="logsnr", stochastic=False, adaptive=False,
+        peers=("diffusers.UniPCMultistepScheduler",), order_options={"lower_order_final": False},
+        variants=(("order=1", {"order": 1, "lower_order_final": False}, 2),
+                  ("order=3", {"order": 3, "lower_order_final": False}, 4),
+                  ("bh1", {"variant": "bh1", "lower_order_final": False}, 3)))
 def unipc(model, x, ts, *, noise, callback=None, order: int = 2, variant: str = "bh2",
           lower_order_final: bool = True, corrector: bool = True):
     """UniPC-p (Zhao et al. 2023): multistep UniP-p predictor + UniC corrector, data prediction.
