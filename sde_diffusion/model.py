@@ -12,6 +12,7 @@ Conditioning and classifier-free guidance: see ``guidance.py`` and ``NoisePredic
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Tuple
 
@@ -131,6 +132,23 @@ class NoisePredictor:
             yield self
         finally:
             self._guidance = previous
+
+    @contextmanager
+    def rows(self, index) -> Iterator["NoisePredictor"]:
+        """Within the block the active conditioning is restricted to rows ``index`` (a slice or
+        index tensor) of the batch: for solvers that split the batch (per-sample adaptive solves)."""
+        g = self._guidance
+        if g is None:
+            yield self
+            return
+        pick = (lambda v: v[index]) if isinstance(index, slice) else (lambda v: v[torch.as_tensor(index, device=v.device)])
+        sub = dataclasses.replace(g, cond={k: pick(v) for k, v in g.cond.items()},
+                                  null=None if g.null is None else {k: pick(v) for k, v in g.null.items()})
+        self._guidance = sub
+        try:
+            yield self
+        finally:
+            self._guidance = g
 
     def _call_net(self, x: torch.Tensor, ts: torch.Tensor, cond: Mapping) -> torch.Tensor:
         xin = x.to(self.net_dtype) if self.net_dtype is not None else x

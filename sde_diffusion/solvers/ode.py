@@ -91,16 +91,18 @@ def _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, solve_on
     """Run ``solve_one(f, x, us) -> (list of states at us[1:], extra info)`` on the whole batch or on
     each sample alone, denoise if the grid ends at 0, call the callback, and collect the info."""
     times, denoise = _plan(model, ts, t_eps, variable)
-    chunks = [x[k:k + 1] for k in range(x.shape[0])] if per_sample else [x]
+    chunks = [slice(k, k + 1) for k in range(x.shape[0])] if per_sample else [slice(None)]
     outs, stats = [], []
-    for xc in chunks:
+    for rows in chunks:
+        xc = x[rows]
         nfe0 = model.nfe
         f = _ProbabilityFlow(model, variable, 0.0, 0.0)
         us = [f.times(t) for t in times]
         f.lo, f.hi = min(us[0], us[-1]), max(us[0], us[-1])
-        states, extra = solve_one(f, xc, us)
-        if denoise:  # x0_hat at t_eps: score_sde's final denoising step
-            states.append(model.predict(states[-1], times[-1]).x0)
+        with model.rows(rows):  # conditioning follows the samples (see NoisePredictor.rows)
+            states, extra = solve_one(f, xc, us)
+            if denoise:  # x0_hat at t_eps: score_sde's final denoising step
+                states.append(model.predict(states[-1], times[-1]).x0)
         outs.append(states)
         stats.append(dict(nfe=model.nfe - nfe0, **extra))
     states = [torch.cat(s) for s in zip(*outs)]
