@@ -2,6 +2,7 @@
 
 import csv
 import json
+import struct
 
 import pytest
 import torch
@@ -23,6 +24,12 @@ def _tiny(K=2):
                       real=gm.sample(2000, generator=g), floor=gm.sample(2000, generator=g))
 
 
+def _png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
 def _csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -33,9 +40,13 @@ def test_tiny_bench_writes_files_and_resumes(tmp_path):
     kw = dict(solvers=["ddim", "dpmpp_2m"], nfes=[5, 10], n=48, seed=3, out_dir=out, quick=True,
               peers=["ddim"], n_boot=5, log=lambda *a: None)
     rows = run_bench(_tiny(), **kw)
-    for f in ["results.csv", "results.json", "results.md", "rows.jsonl", "run.json", "plots/rmse_ref_vs_nfe.png",
+    for f in ["results.csv", "results.json", "results.md", "summary.md", "rows.jsonl", "run.json",
+              "plots/rmse_ref_best.png", "plots/rmse_ref_all.png", "plots/samples.png",
               "grids/nfe5/sde_diffusion_ddim_uniform.png", "grids/nfe10/diffusers_ddim_leading.png"]:
         assert (out / f).is_file(), f
+    for png in out.rglob("*.png"):  # every figure opens in an ordinary viewer
+        w, h = _png_size(png)
+        assert 50 <= w <= 2000 and 50 <= h <= 2000, (png, w, h)
     table = _csv(out / "results.csv")
     assert set(CSV_COLUMNS) <= set(table[0]) and len(table) == len(rows)
     assert {r["library"] for r in table} == {"sde_diffusion", "diffusers", "data"}
