@@ -143,6 +143,7 @@ def train(
     device: str = "cpu",
     conditional: bool = False,
     cond_drop: float = 0.1,
+    ckpt_seconds: Optional[float] = None,
 ) -> dict:
     """Train an epsilon-prediction U-Net and return ``{"losses": [(step, loss, lr), ...], "out": Path,
     "step": last step, "model_dir": Path}``.
@@ -163,6 +164,9 @@ def train(
     a class embedding with a null class (index C), and each example's label is replaced by the null
     class with probability ``cond_drop`` (condition dropout), so one net learns both eps(x, t, y) and
     eps(x, t).
+
+    ``ckpt_seconds``: also checkpoint when that much wall time passed since the last checkpoint
+    (resume is exact from any step), so a kill loses at most about that much work.
     """
     for name, v in (("steps", steps), ("batch", batch), ("ckpt_every", ckpt_every)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -264,7 +268,7 @@ def train(
                             prediction="epsilon", data=data_info, training=training, **extra)
 
     model.train()
-    t0 = time.perf_counter()
+    t0 = last_ckpt = time.perf_counter()
     bar = None
     if progress and main:
         from tqdm.auto import tqdm
@@ -294,7 +298,7 @@ def train(
                 grp["lr"] = cur_lr
             loss = torch.mean((fwd(xt, n.to(device=dev, dtype=torch.float32), **kw) - eps) ** 2)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at step {step}")
+                raise FloatingPointError(f"loss became {float(loss.detach())} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -317,7 +321,9 @@ def train(
                 bar.update(1)
                 if step % 10 == 0 or step == end:
                     bar.set_postfix(loss=f"{lv:.4f}", lr=f"{cur_lr:.2e}", refresh=False)
-            if main and (step % ckpt_every == 0 or step == steps):
+            due = ckpt_seconds is not None and time.perf_counter() - last_ckpt >= ckpt_seconds
+            if main and (step % ckpt_every == 0 or step == steps or due):
+                last_ckpt = time.perf_counter()
                 wall = wall_before + time.perf_counter() - t0
                 run_cfg["steps"] = max(steps, step)
                 tensors, meta = _pack_state(step, model, ema_model, opt, run_cfg, wall)
