@@ -86,7 +86,7 @@ def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts)
 def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver="dpmpp_2m", steps=None,
            spacing=None, timesteps=None, ts=None, shape=None, seed=None, generator=None,
            noise="gaussian", progress=False, callback=None, cond=None, guidance=None, guidance_rescale=0.0,
-           guidance_interval=None, null_cond=None, **options) -> SampleResult:
+           guidance_interval=None, null_cond=None, tuned=None, **options) -> SampleResult:
     """Sample from ``model`` by solving the reverse process from ``x_T`` at ``ts[0]`` to ``ts[-1]``.
 
     Grid: exactly one of ``timesteps`` (discrete indices, descending; a final step to t = 0 is
@@ -97,6 +97,8 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
     makes stochastic runs at different step counts share one Brownian path per sample.
     ``options`` go to the solver (e.g. ``eta`` for ddim); unknown ones raise ``TypeError``.
 
+    ``spacing="tuned"`` (with ``steps``) or ``tuned=FILE``: a model-tuned grid and its per-step solver
+    options (``tuning.py``; the configurations shipped with the model, or the file's).
     Conditioning (``guidance.py``): ``cond`` maps the net's keyword inputs to per-sample tensors
     (first dimension = batch), e.g. ``{"class_labels": y}``; every network call of the solver gets
     them. ``guidance=w`` applies classifier-free guidance out = out_uncond + w (out_cond -
@@ -109,6 +111,13 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
         raise ValueError(f"model must be a NoisePredictor (wrap your net with NoisePredictor(net, sde)), got {type(model).__name__}")
     name, fn = resolve_solver(solver)
     _check_options(name, fn, options)
+    if spacing == "tuned" or tuned is not None:  # model-tuned grid + per-step options (tuning.py)
+        from .tuning import resolve_tuned
+
+        if ts is not None or timesteps is not None:
+            raise ValueError("spacing='tuned' / tuned= set the grid; do not also pass ts or timesteps")
+        ts, tuned_options = resolve_tuned(model, name, steps, tuned, guidance)
+        options, steps, spacing = {**tuned_options, **options}, None, None
     grid = _build_grid(model, name, steps, spacing, timesteps, ts)
 
     if seed is not None and generator is not None:

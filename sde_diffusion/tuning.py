@@ -1,23 +1,43 @@
-"""Model-tuned time grids: choose the K - 1 interior times of a K-step grid to minimise the
-solver's error against a tight probability-flow solve, on calibration noise.
+"""Model-tuned few-step solvers: learn a K-step time grid plus a few per-step coefficients for one
+model and NFE budget, by minimising the error against a tight probability-flow solve.
 
-At very low NFE the placement of the few steps matters as much as the solver's order
-(Sabour et al. 2024, "Align Your Steps"; Chen et al. 2024, GITS; Xue et al. 2024). We take the
-direct route those papers approximate: the grid is parameterised by positive log-SNR increments
-lambda_i = lambda(t_start) + sum_{j<=i} softplus(u_j), the last step goes to t = 0 through the x0
-prediction as usual, and u is found by derivative-free minimisation (scipy's Powell) of the
-RMSE between ``sample(model, x_T, solver, ts=grid)`` and the reference on calibration x_T drawn
-with seeds disjoint from any evaluation seeds. The tuned grid is a plain float64 tensor: pass it
-as ``sample(..., ts=grid)``. Grids for the shipped model live in
-``sde_diffusion/assets/<model>/tuned_grids.json`` (``load_tuned_grid``).
+Method (docs/tuning.md). Learned time steps as in LD3 (Tong et al. 2025, "Learning to discretize
+denoising diffusion ODEs", eq. 7: the loss is the distance between the few-step solve and a
+teacher solve from the same x_T), which Align Your Steps (Sabour et al. 2024) and GITS (Chen et al.
+2024) approximate with cheaper surrogates; plus, for ``dpmpp_2m``, one learned multistep weight per
+step, a low-parameter form of the learned solver coefficients of Bespoke Non-Stationary solvers
+(Shaul et al. 2024, eq. 12) and S4S (Frankel et al. 2025). The parameters are
+
+- the grid: positive log-SNR increments, lambda_i = lambda(t_start) + sum_{j<=i} softplus(u_j); with
+  ``free_start`` the first time is free too (the solve starts from x_T taken as the state at that
+  time, as diffusers' multistep ``leading`` grids do); the last step always goes to t = 0;
+- ``dpmpp_2m`` only: the weight w_i of the first divided difference in step i >= 1,
+  x_{i+1} = (sigma_{i+1}/sigma_i) x_i - alpha_{i+1} phi_1(h_i) [m_i + w_i (m_i - m_{i-1})]
+  (DPM-Solver++(2M), Lu et al. 2022b, Alg. 2, has w_i = 1/(2 r_i) and 0 on the step to t = 0;
+  there the learned w extrapolates the last two x0 predictions). They are learned as offsets from
+  the 2M value on the current grid, so the start point is exactly the standard solver.
+
+That is 2K - 1 numbers at most (K - 1 for grid-only solvers). They are found by derivative-free
+minimisation (scipy's Powell) of the pixel RMSE on calibration x_T; after every Powell iteration
+the RMSE on separate validation x_T is measured and the parameters with the lowest validation
+error are kept (held-out early stopping; the run stops after ``patience`` iterations without a
+validation gain). The reported held-out error is measured on a third set of x_T that neither the
+fit nor the stopping rule saw. All three sets come from named seed streams (``SEED_STREAMS``) that
+no benchmark uses.
+
+The result is a small JSON (``save_tuned``/``load_tuned``), consumed by
+``sample(model, x_T, solver=S, steps=K, spacing="tuned")`` (configurations shipped beside a model
+in ``assets/<model>/tuned.json``) or ``sample(..., tuned=FILE)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,106 +45,541 @@ import torch
 from .grids import check_grid, time_grid
 from .model import NoisePredictor
 from .randomness import per_sample_generators
-from .sampling import sample
+from .sampling import resolve_solver, sample
 
-__all__ = ["tune_grid", "reference_solve", "load_tuned_grid", "CALIBRATION_SEED"]
+__all__ = ["tune", "tune_grid", "reference_solve", "load_tuned", "save_tuned", "resolve_tuned", "load_tuned_grid",
+           "export_diffusers", "model_fingerprint", "draw_noise", "steps_for_nfe", "SEED_STREAMS",
+           "CALIBRATION_SEED", "FORMAT"]
 
-CALIBRATION_SEED = 1_000_000  # calibration x_T use seeds 1e6 + k; benchmarks use small seeds
+FORMAT = "sde_diffusion.tuned"
+FORMAT_VERSION = 1
+# named seed streams: x_T number k of a stream is drawn with seed base + k. Benchmarks use seeds
+# 0 .. n - 1 (+ 2_000_003 for stochastic noise), so these never meet a benchmark sample.
+SEED_STREAMS = {"tune-calibration": 1_000_000, "tune-validation": 1_500_000, "tune-holdout": 1_700_000}
+CALIBRATION_SEED = SEED_STREAMS["tune-calibration"]
+MIN_CALIBRATION = 16
+REFERENCE_TOL = 1e-6  # the benchmark's reference (sde_diffusion.bench.REF_TOL)
+COEFFICIENT_SOLVERS = {"dpmpp_2m"}  # solvers that take learned per-step ``coefficients``
 
 
-def reference_solve(model: NoisePredictor, x_T: torch.Tensor, rtol: float = 1e-6, atol: float = 1e-6) -> torch.Tensor:
-    """A tight adaptive probability-flow solve from x_T at t = 1 to t = 0 (``ode`` solver)."""
-    return sample(model, x_T, solver="ode", rtol=rtol, atol=atol).samples
+# ---- identity, noise, references ------------------------------------------------------------------
+
+def model_fingerprint(model: NoisePredictor) -> Optional[str]:
+    """sha256 of the model's weights: the checkpoint's recorded hash when loaded from a folder, else a
+    hash of the net's state dict (names, dtypes, shapes, bytes); None for a net without parameters."""
+    cfg = getattr(model, "config", None) or {}
+    h = (cfg.get("weights") or {}).get("sha256") if isinstance(cfg, dict) else None
+    if h:
+        return str(h)
+    net = getattr(model, "net", None)
+    if not isinstance(net, torch.nn.Module):
+        return None
+    sd = net.state_dict()
+    if not sd:
+        return None
+    d = hashlib.sha256()
+    for k in sorted(sd):
+        v = sd[k].detach().to("cpu").contiguous()
+        d.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        d.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.float().numpy().tobytes())
+    return d.hexdigest()
 
 
-def _grid_from_params(model, u: np.ndarray, lam0: float, t_start: float, free_start: bool) -> torch.Tensor:
+def draw_noise(model: NoisePredictor, stream: str, n: int, shape=None, device=None) -> torch.Tensor:
+    """n starting points x_T from the named seed ``stream`` (x_T number k uses seed base + k)."""
+    if stream not in SEED_STREAMS:
+        raise ValueError(f"unknown seed stream {stream!r}; valid: {', '.join(SEED_STREAMS)}")
+    shape = tuple(shape or model.sample_shape or ())
+    if not shape:
+        raise ValueError("give shape or a model with sample_shape")
+    return model.sde.prior_sample((n, *shape), per_sample_generators(SEED_STREAMS[stream], n), device=device)
+
+
+def reference_solve(model: NoisePredictor, x_T: torch.Tensor, rtol: float = REFERENCE_TOL, atol: float = REFERENCE_TOL,
+                    cache=None, sample_kwargs: Optional[dict] = None) -> torch.Tensor:
+    """A tight adaptive probability-flow solve from x_T at t = 1 to t = 0 (the ``ode`` solver, as the
+    benchmark's reference). ``cache``: a folder; the result is stored there as safetensors, keyed by the
+    model's weights hash, the bytes of x_T, the tolerances and the conditioning."""
+    kw = dict(sample_kwargs or {})
+    path = None
+    if cache is not None:
+        key = hashlib.sha256()
+        key.update(f"{model_fingerprint(model)}|{rtol:g}|{atol:g}|{sorted((k, repr(v)) for k, v in kw.items() if k != 'cond')}".encode())
+        key.update(x_T.detach().to("cpu").contiguous().numpy().tobytes())
+        for k, v in sorted((kw.get("cond") or {}).items()):
+            key.update(k.encode() + v.detach().to("cpu").contiguous().numpy().tobytes())
+        path = Path(cache) / f"pf_reference_{key.hexdigest()[:24]}.safetensors"
+        if path.is_file():
+            from .files import load_safetensors
+
+            return load_safetensors(path, device=x_T.device)[0]["x0"]
+    out = sample(model, x_T, solver="ode", rtol=rtol, atol=atol, **kw).samples
+    if path is not None:
+        from .files import save_safetensors_atomic
+
+        save_safetensors_atomic({"x0": out}, path, metadata={"rtol": f"{rtol:g}", "atol": f"{atol:g}"})
+    return out
+
+
+# ---- solver budget ----------------------------------------------------------------------------------
+
+def _solver_for_tuning(solver: str):
+    from .solvers import ADAPTIVE, STOCHASTIC
+
+    if not isinstance(solver, str):
+        raise ValueError(f"solver must be a solver name, got {type(solver).__name__}")
+    name, fn = resolve_solver(solver)  # unknown names: ValueError listing the valid ones
+    tunable = sorted(n for n in __import__("sde_diffusion.solvers", fromlist=["SOLVERS"]).SOLVERS
+                     if n not in ADAPTIVE and n not in STOCHASTIC)
+    if name in STOCHASTIC:
+        raise ValueError(f"solver {name!r} is stochastic; tuning matches the deterministic probability-flow solve, "
+                         f"use one of: {', '.join(tunable)}")
+    if name in ADAPTIVE:
+        raise ValueError(f"solver {name!r} is adaptive (chooses its own steps); tune a fixed-step solver: {', '.join(tunable)}")
+    return name, fn
+
+
+def steps_for_nfe(model: NoisePredictor, solver: str, nfe: int, options: Optional[dict] = None) -> int:
+    """The most grid intervals K (>= 2) for which ``solver`` spends at most ``nfe`` network evaluations,
+    counted on a zero network of the model's process (multistep solvers: K = nfe; heun: (nfe + 1) // 2)."""
+    name, _ = _solver_for_tuning(solver)
+    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
+        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
+    opts = {k: v for k, v in (options or {}).items() if k != "coefficients"}
+    zero = NoisePredictor(lambda x, t: torch.zeros_like(x), model.sde, "epsilon", time_input=lambda t: t,
+                          timestep_dtype=torch.float64)
+    best, need = None, None
+    for k in range(2, int(nfe) + 1):
+        used = sample(zero, torch.zeros(1, 1, dtype=torch.float64), solver=name, ts=time_grid(model.sde, k, "uniform"),
+                      **opts).nfe
+        need = need or used
+        if used <= nfe:
+            best = k
+        else:
+            break
+    if best is None:
+        raise ValueError(f"solver {name!r} cannot make 2 steps (one interior time) within NFE {nfe}: "
+                         f"it needs NFE >= {need or 2}")
+    return best
+
+
+# ---- parameterisation -------------------------------------------------------------------------------
+
+def _lam(model, t) -> np.ndarray:
+    return model.sde.log_snr(torch.as_tensor(t, dtype=torch.float64)).numpy()
+
+
+def _grid_from_u(model, u: np.ndarray, lam0: float, t_start: float, free_start: bool) -> torch.Tensor:
     lam = lam0 + np.cumsum(np.logaddexp(0.0, u))  # strictly increasing log-SNR (decreasing t)
     ts = model.sde.t_from_log_snr(torch.as_tensor(lam, dtype=torch.float64))
     head = [] if free_start else [torch.tensor([t_start], dtype=torch.float64)]
-    return torch.cat([*head, ts, torch.zeros(1, dtype=torch.float64)])
+    return torch.cat([*head, ts.reshape(-1), torch.zeros(1, dtype=torch.float64)])
 
 
-def _params_from_grid(model, grid: torch.Tensor, lam0: float, free_start: bool) -> np.ndarray:
-    lam = model.sde.log_snr(grid[:-1]).numpy()
+def _u_from_grid(model, grid: torch.Tensor, lam0: float, free_start: bool) -> np.ndarray:
+    lam = np.atleast_1d(_lam(model, grid[:-1]))
     inc = np.diff(np.concatenate([[lam0], lam]) if free_start else lam)
     inc = np.maximum(inc, 1e-4)
-    return np.where(inc > 30, inc, np.log(np.expm1(inc)))  # inverse softplus
+    return np.where(inc > 30, inc, np.log(np.expm1(np.minimum(inc, 30))))  # inverse softplus
 
 
-def tune_grid(model: NoisePredictor, solver: str, steps: int, *, x_T: Optional[torch.Tensor] = None, n: int = 64,
-              reference: Optional[torch.Tensor] = None, init: str = "best", t_start: float = 1.0,
-              maxfev: int = 400, restarts: int = 2, free_start: bool = False, options: Optional[dict] = None,
-              progress: bool = False) -> dict:
-    """Tune the interior times of a ``steps``-step grid for ``solver`` on ``model``.
+def standard_coefficients(model, grid: torch.Tensor, lower_order_final: bool = True) -> np.ndarray:
+    """DPM-Solver++(2M)'s weights w_i = 1/(2 r_i), r_i = h_{i-1}/h_i, for steps i = 1 .. K-1 of ``grid``
+    (0 on a step to t = 0 and, with ``lower_order_final`` and K < 15, on the last step)."""
+    K = len(grid) - 1
+    lam = np.concatenate([np.atleast_1d(_lam(model, grid[:-1])), [np.inf]])
+    w = []
+    for i in range(1, K):
+        if float(grid[i + 1]) == 0 or (lower_order_final and K < 15 and i == K - 1):
+            w.append(0.0)
+        else:
+            w.append(0.5 * (lam[i + 1] - lam[i]) / (lam[i] - lam[i - 1]))
+    return np.asarray(w, dtype=np.float64)
 
-    Returns ``dict(ts=grid, rmse=..., rmse_init=..., evaluations=...)``. ``x_T`` defaults to ``n``
-    calibration draws (seeds ``CALIBRATION_SEED + k``); ``reference`` to ``reference_solve``.
-    ``free_start=True`` also tunes the first time (<= t_start): the solve then starts from x_T
-    treated as the state at that time, as diffusers' multistep "leading" grids do (they start at
-    t = 0.83 for 5 steps); the error is still measured against the reference from t_start.
+
+class _Problem:
+    """Maps a flat parameter vector to (grid, solver options)."""
+
+    def __init__(self, model, solver, steps, t_start, free_start, learn_coefficients, options):
+        self.model, self.solver, self.K = model, solver, steps
+        self.t_start, self.free = float(t_start), bool(free_start)
+        self.lam0 = float(_lam(model, self.t_start))
+        self.coef = bool(learn_coefficients)
+        self.options = dict(options)
+        self.n_grid = steps if self.free else steps - 1
+
+    def unpack(self, p: np.ndarray):
+        grid = check_grid(_grid_from_u(self.model, p[: self.n_grid], self.lam0, self.t_start, self.free))
+        if float(grid[-2]) <= 0:
+            raise ValueError("collapsed grid")
+        opts = dict(self.options)
+        if self.coef:
+            w = standard_coefficients(self.model, grid, self.options.get("lower_order_final", True)) + p[self.n_grid:]
+            opts["coefficients"] = [float(v) for v in w]
+        return grid, opts
+
+    def pack(self, grid: torch.Tensor, offsets=None) -> np.ndarray:
+        u = _u_from_grid(self.model, grid, self.lam0, self.free)
+        if not self.coef:
+            return u
+        return np.concatenate([u, np.zeros(self.K - 1) if offsets is None else np.asarray(offsets, dtype=np.float64)])
+
+
+def _rmse(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(torch.sqrt(((out.double() - ref.double()) ** 2).mean()))
+
+
+# ---- the tuner --------------------------------------------------------------------------------------
+
+def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256, validation: int = 64,
+         holdout: int = 128, x_T: Optional[torch.Tensor] = None, reference: Optional[torch.Tensor] = None,
+         x_val: Optional[torch.Tensor] = None, reference_val: Optional[torch.Tensor] = None,
+         x_holdout: Optional[torch.Tensor] = None, reference_holdout: Optional[torch.Tensor] = None,
+         coefficients: Optional[bool] = None, free_start: Optional[bool] = True, inits: Optional[Sequence[str]] = None,
+         options: Optional[dict] = None, maxfev: int = 600, patience: int = 2, cache=None,
+         cond: Optional[dict] = None, guidance: Optional[float] = None, progress: bool = False) -> dict:
+    """Learn a ``nfe``-evaluation configuration of ``solver`` for ``model`` (module docstring: method).
+
+    ``calibration``/``validation``/``holdout``: sizes of the three x_T sets drawn from
+    ``SEED_STREAMS`` (or pass ``x_T``/``x_val``/``x_holdout`` and, optionally, their references).
+    ``coefficients``: learn per-step multistep weights (default: when the solver takes them, i.e.
+    ``dpmpp_2m``). ``free_start``: also learn the first time (default True; None tries fixed and free
+    starts and keeps the better on validation). ``inits``: starting grids, the best on calibration is used (default: logsnr,
+    quadratic, uniform, karras and, with a free start, diffusers' multistep ``leading`` span).
+    ``cache``: folder for the reference solves. ``cond``/``guidance``: conditioning passed to
+    ``sample`` (guided tunes): per-sample tensors, cycled by index over each set of x_T (e.g.
+    ``{"class_labels": torch.arange(10)}`` gives x_T number k the class k mod 10). Returns the JSON-ready dict that ``save_tuned`` writes.
     """
     from scipy.optimize import minimize
 
+    name, fn = _solver_for_tuning(solver)
+    if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < MIN_CALIBRATION:
+        raise ValueError(f"calibration must be an integer >= {MIN_CALIBRATION} x_T, got {calibration!r}")
+    for nm, v in (("validation", validation), ("holdout", holdout)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{nm} must be an integer >= 0, got {v!r}")
+    if x_T is not None and x_T.shape[0] < MIN_CALIBRATION:
+        raise ValueError(f"calibration must be >= {MIN_CALIBRATION} x_T, got {x_T.shape[0]}")
+    options = dict(options or {})
+    if "coefficients" in options:
+        raise ValueError("options must not contain 'coefficients' (they are what tune learns)")
+    takes = "coefficients" in __import__("inspect").signature(fn).parameters
+    if coefficients and not takes:
+        raise ValueError(f"solver {name!r} takes no per-step coefficients; coefficient solvers: {', '.join(sorted(COEFFICIENT_SOLVERS))}")
+    learn_coef = takes if coefficients is None else bool(coefficients)
+    from .sampling import _check_options
+
+    _check_options(name, fn, options)
+    steps = steps_for_nfe(model, name, nfe, options)
+    if not isinstance(maxfev, int) or maxfev < 1:
+        raise ValueError(f"maxfev must be an integer >= 1, got {maxfev!r}")
+    if guidance is not None and cond is None:
+        raise ValueError("guidance needs cond (the conditioning to guide towards)")
+
+    t_wall = time.perf_counter()
+    if x_T is None:
+        x_T = draw_noise(model, "tune-calibration", calibration)
+    if x_val is None and validation:
+        x_val = draw_noise(model, "tune-validation", validation, device=x_T.device)
+    if x_holdout is None and holdout:
+        x_holdout = draw_noise(model, "tune-holdout", holdout, device=x_T.device)
+
+    def _kw(x):  # conditioning for a set of x_T: the given per-sample tensors, cycled by index
+        if x is None or cond is None:
+            return {}
+        kw = {"cond": {k: v[torch.arange(x.shape[0], device=v.device) % v.shape[0]] for k, v in cond.items()}}
+        if guidance is not None:
+            kw["guidance"] = guidance
+        return kw
+
+    kw_cal, kw_val, kw_hold = _kw(x_T), _kw(x_val), _kw(x_holdout)
+    t_ref = time.perf_counter()
+    if reference is None:
+        reference = reference_solve(model, x_T, cache=cache, sample_kwargs=kw_cal)
+    if x_val is not None and reference_val is None:
+        reference_val = reference_solve(model, x_val, cache=cache, sample_kwargs=kw_val)
+    if x_holdout is not None and reference_holdout is None:
+        reference_holdout = reference_solve(model, x_holdout, cache=cache, sample_kwargs=kw_hold)
+    reference_s = time.perf_counter() - t_ref
+
+    def run(x, grid, opts, kw):
+        return sample(model, x, solver=name, ts=grid, **kw, **opts).samples
+
+    def err(x, ref, grid, opts, kw):
+        try:
+            v = _rmse(run(x, grid, opts, kw), ref)
+        except Exception as e:  # a diverging trial configuration scores as very bad
+            if type(e).__name__ != "SolverError":
+                raise
+            return 1e6
+        return v if math.isfinite(v) else 1e6
+
+    cal = lambda g, o: err(x_T, reference, g, o, kw_cal)  # noqa: E731
+    val = (lambda g, o: err(x_val, reference_val, g, o, kw_val)) if x_val is not None else cal  # noqa: E731
+
+    # starting grids: the standard spacings and, for a free start, diffusers' multistep leading span
+    starts = {}
+    for sp in (inits or ("logsnr", "quadratic", "uniform", "karras")):
+        if sp == "leading-span":
+            continue
+        try:
+            starts[sp] = time_grid(model.sde, steps, sp)
+        except ValueError:
+            continue
+    frees = (False, True) if free_start is None else (bool(free_start),)
+    if True in frees and (inits is None or "leading-span" in inits):
+        # timesteps N (K - j)/(K + 1) - 1 for j = 0 .. K-1, then t = 0 (diffusers' "leading", multistep form)
+        tl = torch.tensor([(steps - j) / (steps + 1) for j in range(steps)] + [0.0], dtype=torch.float64)
+        starts["leading-span"] = tl
+    scored = {}
+    for sp, g in starts.items():
+        o = dict(options)
+        if learn_coef:
+            o["coefficients"] = [float(v) for v in standard_coefficients(model, g, options.get("lower_order_final", True))]
+        scored[sp] = cal(g, o)
+    evaluations = [len(scored)]
+    runs = []
+    for free in frees:
+        cands = {sp: s for sp, s in scored.items() if free or (sp != "leading-span" and float(starts[sp][0]) == 1.0)}
+        if not cands:
+            continue
+        init = min(cands, key=cands.get)
+        init_grid = starts[init]
+        prob = _Problem(model, name, steps, 1.0, free, learn_coef, options)
+        p0 = prob.pack(init_grid)
+
+        def objective(p, prob=prob):
+            evaluations[0] += 1
+            try:
+                g, o = prob.unpack(p)
+            except ValueError:
+                return 1e6
+            return cal(g, o)
+
+        g0, o0 = prob.unpack(p0)
+        start_cal, start_val = objective(p0), val(g0, o0)
+        best = dict(p=p0.copy(), val=start_val, cal=start_cal, iteration=0)
+        history = [dict(iteration=0, calibration_rmse=start_cal, validation_rmse=start_val)]
+        stale = [0]
+
+        def callback(intermediate_result=None, prob=prob, best=best, history=history):
+            p = np.asarray(intermediate_result.x if hasattr(intermediate_result, "x") else intermediate_result)
+            g, o = prob.unpack(p)
+            c, v = float(getattr(intermediate_result, "fun", cal(g, o))), val(g, o)
+            it = len(history)
+            history.append(dict(iteration=it, calibration_rmse=c, validation_rmse=v))
+            if progress:
+                print(f"  [{name} K={steps} free_start={free}] iteration {it}: calibration {c:.5f} validation {v:.5f}",
+                      flush=True)
+            if v < best["val"]:
+                best.update(p=p.copy(), val=v, cal=c, iteration=it)
+                stale[0] = 0
+            else:
+                stale[0] += 1
+                if stale[0] >= patience:
+                    raise StopIteration
+
+        res = minimize(objective, p0, method="Powell", callback=callback,
+                       options=dict(maxfev=maxfev, xtol=1e-3, ftol=1e-5))
+        if not np.array_equal(res.x, best["p"]) and len(history) - 1 == best["iteration"]:
+            # the budget ran out inside an iteration: score its last point on validation too
+            try:
+                g, o = prob.unpack(res.x)
+                v = val(g, o)
+                if v < best["val"]:
+                    best.update(p=np.asarray(res.x).copy(), val=v, cal=float(res.fun), iteration=len(history))
+                    history.append(dict(iteration=len(history), calibration_rmse=float(res.fun), validation_rmse=v))
+            except ValueError:
+                pass
+        g, o = prob.unpack(best["p"])
+        runs.append(dict(free_start=free, init=init, grid=g, options=o, cal=best["cal"], val=best["val"],
+                         start_cal=start_cal, start_val=start_val, iteration=best["iteration"], history=history,
+                         parameters=len(p0)))
+    pick = min(runs, key=lambda r: r["val"])
+    hold = hold0 = None
+    if x_holdout is not None:
+        hold = err(x_holdout, reference_holdout, pick["grid"], pick["options"], kw_hold)
+        g_init = starts[pick["init"]]
+        o_init = dict(options)
+        if learn_coef:
+            o_init["coefficients"] = [float(v) for v in standard_coefficients(model, g_init, options.get("lower_order_final", True))]
+        hold0 = err(x_holdout, reference_holdout, g_init, o_init, kw_hold)
+    wall = time.perf_counter() - t_wall
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "solver": name, "nfe": int(nfe), "steps": steps,
+        "ts": [float(t) for t in pick["grid"]],
+        "options": {k: v for k, v in pick["options"].items()},
+        "guidance": None if guidance is None else float(guidance),
+        "model_sha256": model_fingerprint(model),
+        "method": ("grid (log-SNR increments" + (", free start" if pick["free_start"] else "") + ")"
+                   + (" + per-step dpmpp_2m weights" if learn_coef else "") + "; Powell on calibration RMSE, "
+                   "early stopping on validation RMSE"),
+        "parameters": pick["parameters"],
+        "free_start": pick["free_start"],
+        "calibration": {"n": int(x_T.shape[0]), "stream": "tune-calibration", "rmse": pick["cal"],
+                        "start_rmse": pick["start_cal"]},
+        "validation": {"n": int(x_val.shape[0]) if x_val is not None else 0, "stream": "tune-validation",
+                       "rmse": pick["val"], "start_rmse": pick["start_val"], "best_iteration": pick["iteration"],
+                       "history": pick["history"]},
+        "holdout": {"n": int(x_holdout.shape[0]) if x_holdout is not None else 0, "stream": "tune-holdout",
+                    "rmse": hold, "start_rmse": hold0},
+        "start": {"spacing": pick["init"], "calibration_rmse_by_spacing": scored},
+        "reference": {"solver": "ode", "rtol": REFERENCE_TOL, "atol": REFERENCE_TOL},
+        "evaluations": evaluations[0], "wall_s": round(wall, 1), "reference_s": round(reference_s, 1),
+        "runs": [dict(free_start=r["free_start"], init=r["init"], calibration_rmse=r["cal"], validation_rmse=r["val"])
+                 for r in runs],
+    }
+
+
+def tune_grid(model: NoisePredictor, solver: str, steps: int, *, x_T: Optional[torch.Tensor] = None, n: int = 64,
+              reference: Optional[torch.Tensor] = None, maxfev: int = 400, free_start: bool = False,
+              options: Optional[dict] = None, **kw) -> dict:
+    """Grid-only tuning without validation/holdout sets (the earlier interface; ``steps`` = NFE for
+    multistep solvers). Returns ``dict(ts=grid, rmse=..., rmse_init=..., evaluations=...)``."""
     if steps < 2:
         raise ValueError(f"tuning needs steps >= 2 (one interior time at least), got {steps}")
-    options = dict(options or {})
     if x_T is None:
-        if model.sample_shape is None:
-            raise ValueError("give x_T or a model with sample_shape")
-        gens = per_sample_generators(CALIBRATION_SEED, n)
-        x_T = torch.stack([torch.randn(tuple(model.sample_shape), generator=g) for g in gens])
-    if reference is None:
-        reference = reference_solve(model, x_T)
-    lam0 = float(model.sde.log_snr(t_start))
+        x_T = draw_noise(model, "tune-calibration", n)
+    r = tune(model, solver, steps, calibration=max(int(x_T.shape[0]), MIN_CALIBRATION), validation=0, holdout=0,
+             x_T=x_T, reference=reference, coefficients=False, free_start=free_start, maxfev=maxfev, options=options,
+             **kw)
+    return dict(ts=torch.tensor(r["ts"], dtype=torch.float64), rmse=r["calibration"]["rmse"],
+                rmse_init=r["calibration"]["start_rmse"], evaluations=r["evaluations"], init=r["start"]["spacing"])
 
-    def rmse(ts):
-        out = sample(model, x_T, solver=solver, ts=ts, **options).samples
-        return float(torch.sqrt(((out.double() - reference.double()) ** 2).mean()))
 
-    # start from the best of the standard spacings ("best") or from the one named
-    inits = ("logsnr", "quadratic", "uniform", "karras") if init == "best" else (init,)
-    scored = [(rmse(g), name, g) for name in inits for g in [time_grid(model.sde, steps, name, t_start=t_start)]]
-    scored.sort(key=lambda r: r[0])
-    _, init, init_grid = scored[0]
-    u0 = _params_from_grid(model, init_grid, lam0, free_start)
+# ---- files --------------------------------------------------------------------------------------------
 
-    calls = [0]
+def save_tuned(result: dict, path) -> None:
+    """Write one tuned configuration (``tune``'s result) as JSON, atomically."""
+    from .files import atomic_write_text
 
-    def objective(u):
-        calls[0] += 1
+    _check_config(result, str(path))
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+
+
+def _check_config(d, where: str) -> dict:
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a tuned configuration (format {FORMAT!r} expected)")
+    for k in ("solver", "steps", "ts", "options"):
+        if k not in d:
+            raise ValueError(f"{where}: tuned configuration lacks {k!r}")
+    check_grid(d["ts"])
+    if len(d["ts"]) != int(d["steps"]) + 1:
+        raise ValueError(f"{where}: grid has {len(d['ts']) - 1} intervals but steps is {d['steps']}")
+    return d
+
+
+def load_tuned(source) -> list:
+    """The tuned configurations in a JSON file, a dict, or a list of them (a file may hold one
+    configuration or ``{"configs": [...]}``)."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise FileNotFoundError(f"tuned file not found: {p}")
         try:
-            ts = check_grid(_grid_from_params(model, u, lam0, t_start, free_start))
-        except ValueError:
-            return 1e6
-        if float(ts[-2]) <= 0:
-            return 1e6
-        val = rmse(ts)
-        return val if math.isfinite(val) else 1e6
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: not valid JSON ({e})") from None
+        where = str(p)
+    else:
+        d, where = source, "tuned"
+    items = d if isinstance(d, list) else d.get("configs", [d]) if isinstance(d, dict) else None
+    if items is None:
+        raise ValueError(f"{where}: expected a tuned configuration, a list of them, or {{'configs': [...]}}")
+    return [_check_config(c, where) for c in items]
 
-    start = scored[0][0]
-    u = u0
-    for _ in range(restarts):  # Powell restarted from its own optimum escapes some shallow stalls
-        u = minimize(objective, u, method="Powell", options=dict(maxfev=maxfev // restarts, xtol=1e-3, ftol=1e-6)).x
-    best = _grid_from_params(model, u, lam0, t_start, free_start)
-    best_val = rmse(best)
-    if best_val > start:  # never return something worse than the starting grid
-        best, best_val = init_grid, start
-    return dict(ts=best, rmse=best_val, rmse_init=start, evaluations=calls[0], init=init,
-                rmse_spacings={name: v for v, name, _ in scored})
+
+def shipped_tuned(model: NoisePredictor) -> tuple:
+    """(configurations, file) shipped beside a packaged model whose weights hash matches ``model``."""
+    from .checkpoints import ASSETS_DIR
+
+    fp = model_fingerprint(model)
+    if fp is None:
+        return [], None
+    for cfg in sorted(ASSETS_DIR.glob("*/config.json")):
+        try:
+            sha = json.loads(cfg.read_text()).get("weights", {}).get("sha256")
+        except (OSError, ValueError):
+            continue
+        f = cfg.parent / "tuned.json"
+        if sha == fp and f.is_file():
+            return load_tuned(f), f
+    return [], None
+
+
+def _key(c) -> str:
+    g = c.get("guidance")
+    return f"{c['solver']}/{c['steps']}" + (f"/guidance={g:g}" if g not in (None, 1, 1.0) else "")
+
+
+def resolve_tuned(model: NoisePredictor, solver: str, steps=None, tuned=None, guidance=None) -> tuple:
+    """(grid, options) of the tuned configuration for (``solver``, ``steps``) on ``model``: from
+    ``tuned`` (file, dict or list) or, when None, from the configurations shipped with the model.
+    Refuses a configuration made for other weights, another solver or another step count."""
+    if tuned is None:
+        configs, where = shipped_tuned(model)
+        if not configs:
+            raise ValueError("spacing='tuned' needs a tuned configuration: this model ships none "
+                             "(make one with `sde-diffusion tune` / tuning.tune and pass tuned=FILE)")
+        where = str(where)
+    else:
+        configs, where = load_tuned(tuned), (str(tuned) if isinstance(tuned, (str, Path)) else "tuned")
+    fp = model_fingerprint(model)
+    g = None if guidance in (None, 1, 1.0) else float(guidance)
+    match = [c for c in configs if c["solver"] == solver and (steps is None or int(c["steps"]) == int(steps))
+             and (None if c.get("guidance") in (None, 1, 1.0) else float(c["guidance"])) == g]
+    if not match:
+        have = ", ".join(_key(c) for c in configs)
+        want = f"{solver}/{steps if steps is not None else '*'}" + (f"/guidance={g:g}" if g is not None else "")
+        raise ValueError(f"no tuned configuration {want} in {where}; available: {have}")
+    c = match[0]
+    sha = c.get("model_sha256")
+    if sha and fp and sha != fp:
+        raise ValueError(f"tuned configuration {_key(c)} in {where} was made for other weights "
+                         f"(sha256 {sha[:12]}..., this model {fp[:12]}...)")
+    return check_grid(c["ts"]), dict(c["options"])
 
 
 def load_tuned_grid(model_name_or_dir, solver: str, steps: int) -> torch.Tensor:
-    """A tuned grid from ``<model>/tuned_grids.json`` (keys ``"<solver>/<steps>"``)."""
+    """The tuned grid for (``solver``, ``steps``) shipped in ``<model>/tuned.json`` (grid only; the
+    solver options, e.g. learned coefficients, come with ``resolve_tuned``)."""
     from .checkpoints import ASSETS_DIR
 
     d = Path(model_name_or_dir)
     if not d.is_dir():
         d = ASSETS_DIR / str(model_name_or_dir)
-    f = d / "tuned_grids.json"
+    f = d / "tuned.json"
     if not f.is_file():
-        raise FileNotFoundError(f"no tuned grids for {model_name_or_dir!r} (looked for {f})")
-    grids = json.loads(f.read_text())["grids"]
-    key = f"{solver}/{steps}"
-    if key not in grids:
-        raise ValueError(f"no tuned grid {key!r} in {f}; available: {', '.join(sorted(grids))}")
-    return check_grid(grids[key]["ts"])
+        raise FileNotFoundError(f"no tuned configurations for {model_name_or_dir!r} (looked for {f})")
+    configs = load_tuned(f)
+    for c in configs:
+        if c["solver"] == solver and int(c["steps"]) == int(steps) and c.get("guidance") in (None, 1, 1.0):
+            return check_grid(c["ts"])
+    raise ValueError(f"no tuned grid {solver}/{steps} in {f}; available: {', '.join(_key(c) for c in configs)}")
+
+
+# ---- export ----------------------------------------------------------------------------------------------
+
+def export_diffusers(config: dict, model: Optional[NoisePredictor] = None, num_train_steps: Optional[int] = None) -> dict:
+    """What diffusers' schedulers accept for this grid: ``timesteps`` (integer indices n = t N - 1 of the
+    interior-and-start times, for ``set_timesteps(timesteps=...)``, rounded) and ``sigmas`` (the
+    VE sigmas sigma/alpha of the same times plus the final 0, for ``set_timesteps(sigmas=...)``).
+    Only the grid transfers: diffusers' schedulers do not take learned coefficients."""
+    ts = check_grid(config["ts"])
+    N = num_train_steps or (model.sde.num_train_steps if model is not None else None)
+    if N is None:
+        raise ValueError("diffusers export needs a discrete model (num_train_steps)")
+    if float(ts[-1]) != 0.0:
+        raise ValueError("diffusers export needs a grid that ends at t = 0")
+    inner = ts[:-1]
+    steps = [int(round(float(t) * N - 1)) for t in inner]
+    if len(set(steps)) != len(steps) or min(steps) < 0:
+        raise ValueError(f"grid {config['ts']} does not map to distinct training indices 0..{N - 1}")
+    out = {"timesteps": steps}
+    if model is not None:
+        a, s = model.sde.alpha(inner), model.sde.sigma(inner)
+        out["sigmas"] = [float(v) for v in (s / a)] + [0.0]
+    if config.get("options", {}).get("coefficients") is not None:
+        out["note"] = "learned coefficients do not transfer: diffusers runs its own update rule on this grid"
+    return out

@@ -181,7 +181,7 @@ def _multistep_order(order, i, K, t, lower_order_final):
     return p
 
 
-def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight=2.0):
+def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight=2.0, coefficients=None):
     sde = model.sde
     K = len(ts) - 1
     lams, x0s = [], []  # lambda and x0 at previous grid points, newest last
@@ -191,7 +191,10 @@ def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight
         a_t, s_t, l_t = _coefs(sde, t)
         m0 = model.predict(x, s).x0
         p = _multistep_order(order, i, K, t, lower_order_final)
-        if t == 0:
+        if coefficients is not None and i > 0:  # learned weight w of (m0 - m_prev), also on a step to t = 0
+            phi_1 = -1.0 if t == 0 else math.expm1(-(l_t - l_s))
+            x = (s_t / s_s) * x - (a_t * phi_1) * (m0 + coefficients[i - 1] * (m0 - x0s[-1]))
+        elif t == 0:
             x = m0
         else:
             h = l_t - l_s
@@ -221,14 +224,23 @@ def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight
 
 @solver(order=2, nfe="K", default_spacing="logsnr", stochastic=False, adaptive=False,
         peers=("diffusers.DPMSolverMultistepScheduler",), order_options={"lower_order_final": False})
-def dpmpp_2m(model, x, ts, *, noise, callback=None, lower_order_final: bool = True):
+def dpmpp_2m(model, x, ts, *, noise, callback=None, lower_order_final: bool = True,
+             coefficients: Optional[Sequence[float]] = None):
     """Multistep DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction, NFE = K:
     x_t = (sigma_t/sigma_s) x - alpha_t (e^{-h} - 1) [x0_s + (x0_s - x0_prev)/(2 r)], r = h_prev/h.
     First order on the first step and on a final step to t = 0; with ``lower_order_final`` also on the
     last step of grids with fewer than 15 steps (as diffusers). Equals diffusers' default
     DPMSolverMultistepScheduler and k-diffusion's ``sample_dpmpp_2m``.
+    ``coefficients``: K - 1 per-step weights w_i replacing 1/(2 r) in step i = 1 .. K-1, including a
+    step to t = 0, where x_0 = x0_s + w (x0_s - x0_prev) (learned by ``sde_diffusion.tuning``, after
+    Shaul et al. 2024, Bespoke solvers, eq. 12); ``tuning.standard_coefficients`` reproduces the default.
     """
-    return _dpmpp_multistep(model, x, ts, callback, 2, lower_order_final)
+    if coefficients is not None:
+        coefficients = [float(w) for w in coefficients]
+        if len(coefficients) != len(ts) - 2 or not all(math.isfinite(w) for w in coefficients):
+            raise ValueError(f"coefficients must be {len(ts) - 2} finite numbers (one per step after the first), "
+                             f"got {len(coefficients)}")
+    return _dpmpp_multistep(model, x, ts, callback, 2, lower_order_final, coefficients=coefficients)
 
 
 _3M_VARIANTS = {"taylor": 2.0, "diffusers": 1.0}
