@@ -3,24 +3,27 @@
 A solver asks ``noise.interval(t0, t1)`` for the standard-normal draw that drives the step from
 t0 to t1, and ``noise.fresh()`` for noise not tied to an interval (Langevin corrector steps).
 
-``GaussianNoise``  fresh N(0, I) for every request (per-sample generators keep batch invariance).
+``GaussianNoise``  fresh N(0, I) for every request: from per-sample seeds (counter-based,
+                   ``randomness.counter_randn``: call i of ``interval`` is ``Stream.STEP`` step i,
+                   call i of ``fresh`` is ``Stream.CORRECTOR`` step i), or from ``generator``.
 ``BrownianNoise``  increments of one Brownian path per sample, W(t1) - W(t0) normalised by
                    sqrt(|t1 - t0|): runs with different step counts share the path, so
                    step-count curves of stochastic samplers are not confounded by fresh noise.
                    W is a virtual Brownian tree (Li et al. 2020, "Scalable gradients for SDEs"):
-                   W at any t is found by Brownian-bridge bisection from seeded nodes, so no path
-                   is stored and queries in any order agree.
+                   the dyadic nodes of the Levy-Ciesielski construction (Levy 1939; Karatzas &
+                   Shreve 1991, Sec. 2.3) are counter-based normals keyed by (seed, node id), so
+                   no path is stored, queries in any order agree, and a query is one vectorised
+                   draw for the whole batch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Optional, Sequence
 
 import torch
 
-from .randomness import randn
+from .randomness import Seeds, Stream, _normals, _sample_keys, randn, seed_tensor
 
 __all__ = ["NoiseSource", "GaussianNoise", "BrownianNoise", "make_noise", "NOISE_KINDS"]
 
@@ -37,84 +40,131 @@ class NoiseSource:
         raise NotImplementedError
 
 
+class _Seeded:
+    """Counter-based draws for per-sample seeds: one counter per stream."""
+
+    def __init__(self, shape, seeds: Seeds, dtype, device):
+        self.shape, self.dtype, self.device = tuple(shape), dtype, device
+        self.seeds = seed_tensor(seeds, self.shape[0], device=device)
+        self._keys = _sample_keys(self.seeds)
+        self._numel = math.prod(self.shape[1:])
+        self._calls = {Stream.STEP: 0, Stream.CORRECTOR: 0}
+
+    def _next(self, stream: Stream) -> torch.Tensor:
+        step = self._calls[stream]
+        self._calls[stream] = step + 1
+        z = _normals(self._keys, stream, [step], self._numel)
+        return z.reshape(self.shape).to(self.dtype)
+
+
 class GaussianNoise(NoiseSource):
-    def __init__(self, shape, generator=None, dtype=torch.float32, device=None):
+    """Fresh N(0, I) shaped ``shape`` for every request: counter-based from ``seeds`` (an int s:
+    sample k uses s + k; or one seed per sample), else from ``generator`` (None, one generator or
+    one per sample, as before)."""
+
+    def __init__(self, shape, generator=None, dtype=torch.float32, device=None, *, seeds: Optional[Seeds] = None):
         self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
+        if seeds is not None and generator is not None:
+            raise ValueError("give seeds or generator, not both")
+        self._seeded = _Seeded(shape, seeds, dtype, device) if seeds is not None else None
 
     def interval(self, t0, t1):
+        if self._seeded is not None:
+            return self._seeded._next(Stream.STEP)
         return self.fresh()
 
     def fresh(self):
+        if self._seeded is not None:
+            return self._seeded._next(Stream.CORRECTOR)
         return randn(self.shape, self.generator, dtype=self.dtype, device=self.device)
 
 
 class BrownianNoise(NoiseSource):
-    """One Brownian path W on [0, 1] per sample, seeded by ``seeds[k]`` (per-sample, so batch
-    invariant). Resolution 2**-depth in t; below it W is linearly interpolated."""
+    """One Brownian path W on [0, 1] per sample, keyed by ``seeds[k]`` (per-sample, so batch
+    invariant and device independent). Resolution 2**-depth in t; below it W is linear.
 
-    def __init__(self, shape, seeds: Sequence[int], dtype=torch.float32, device=None, depth: int = 24):
+    Levy-Ciesielski form of the bisection: with Z_1 (node W(1)) and one Z per dyadic midpoint,
+        W(t) = t Z_1 + sum_{l=1..depth} sqrt(2**-(l+1)) hat_l(t) Z_{l, j_l(t)},
+    where j_l(t) is the level-l midpoint of the level-(l-1) cell containing t and hat_l is the
+    tent that is 1 at that midpoint and 0 at the cell ends. At the dyadic points this equals the
+    Brownian-bridge bisection W(mid) = (W(a) + W(b))/2 + sqrt((b - a)/4) Z; between level-depth
+    points it is the linear interpolation. The node ids (1 for W(1), 2**l + j for midpoint
+    j/2**l) are the ``Stream.BROWNIAN`` steps. A query draws its <= depth + 1 nodes for the whole
+    batch in one call; the last few W(t) are cached (solvers query consecutive intervals).
+    """
+
+    def __init__(self, shape, seeds: Seeds, dtype=torch.float32, device=None, depth: int = 24):
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 46:
+            raise ValueError(f"depth must be an integer in [1, 46], got {depth!r}")
         self.shape, self.dtype, self.device, self.depth = tuple(shape), dtype, device, depth
-        if len(seeds) != self.shape[0]:
+        if not isinstance(seeds, int) and len(seeds) != self.shape[0]:
             raise ValueError(f"BrownianNoise needs one seed per sample: {len(seeds)} seeds for batch {self.shape[0]}")
-        self.seeds = [int(s) for s in seeds]
-        self._gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        self.generator = self._gens
-        self._cache = {}
+        self._seeded = _Seeded(shape, seeds, dtype, device)
+        self.seeds = self._seeded.seeds
+        self._cache: dict = {}
 
-    def _normal(self, seed: int, key: tuple) -> torch.Tensor:
-        h = hashlib.blake2b(repr((seed,) + key).encode(), digest_size=8).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
-        return torch.randn(self.shape[1:], generator=g, dtype=torch.float64)
+    def nodes(self, t: float):
+        """(node ids, float64 weights) with W(t) = sum_n weight_n Z_n (class docstring)."""
+        t = min(max(float(t), 0.0), 1.0)
+        if t == 0.0:
+            return [], []
+        ids, weights = [1], [t]
+        if t == 1.0:
+            return ids, weights
+        x = t * 2.0**self.depth  # exact: power-of-two scaling
+        J = int(math.floor(x))  # t lies in level-depth cell [J, J + 1] / 2**depth
+        for level in range(1, self.depth + 1):
+            m = J >> (self.depth - level + 1)  # index of the level-(level-1) cell holding t
+            j = 2 * m + 1  # its midpoint at this level
+            hat = 1.0 - abs(t * 2.0**level - j)  # exact scaling; tent value in [0, 1]
+            if hat > 0.0:
+                ids.append((1 << level) + j)
+                weights.append(math.sqrt(2.0 ** -(level + 1)) * hat)
+        return ids, weights
 
-    def _w_dyadic(self, k: int, level: int, j: int) -> torch.Tensor:
-        """W(j / 2**level) for sample k, by bridge bisection from W(0) = 0, W(1) ~ N(0, 1)."""
-        key = (k, level, j)
-        if key in self._cache:
-            return self._cache[key]
-        if level == 0:
-            w = torch.zeros(self.shape[1:], dtype=torch.float64) if j == 0 else self._normal(self.seeds[k], ("end",))
-        elif j % 2 == 0:
-            w = self._w_dyadic(k, level - 1, j // 2)
-        else:
-            left = self._w_dyadic(k, level - 1, (j - 1) // 2)
-            right = self._w_dyadic(k, level - 1, (j + 1) // 2)
-            dt = 2.0 ** -level  # half-interval length; bridge midpoint variance = dt / 2
-            w = 0.5 * (left + right) + math.sqrt(dt / 2) * self._normal(self.seeds[k], ("mid", level, j))
-        if len(self._cache) > 200_000:
-            self._cache.clear()
-        self._cache[key] = w
+    def _combination(self, ids, weights) -> torch.Tensor:
+        """sum_n weight_n Z_n over the batch, float64 (B, numel); chunked to bound memory."""
+        s = self._seeded
+        out = torch.zeros(self.shape[0], s._numel, dtype=torch.float64, device=self.device)
+        chunk = max(1, (1 << 23) // max(1, self.shape[0] * s._numel))
+        for a in range(0, len(ids), chunk):
+            z = _normals(s._keys, Stream.BROWNIAN, ids[a:a + chunk], s._numel)  # (B, n, numel)
+            w = torch.tensor(weights[a:a + chunk], dtype=torch.float64, device=z.device)
+            out += torch.einsum("bnd,n->bd", z, w)
+        return out
+
+    def W(self, t: float) -> torch.Tensor:
+        """W(t) for every sample, float64 shaped like the batch (cached for the last few t)."""
+        t = float(t)
+        w = self._cache.get(t)
+        if w is None:
+            w = self._combination(*self.nodes(t)).reshape(self.shape)
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[t] = w
         return w
-
-    def _w(self, k: int, t: float) -> torch.Tensor:
-        scale = 2**self.depth
-        x = min(max(t, 0.0), 1.0) * scale
-        j = int(math.floor(x))
-        if j >= scale:
-            return self._w_dyadic(k, self.depth, scale)
-        f = x - j
-        left = self._w_dyadic(k, self.depth, j)
-        if f == 0.0:
-            return left
-        return left + f * (self._w_dyadic(k, self.depth, j + 1) - left)
 
     def interval(self, t0, t1):
         t0, t1 = float(t0), float(t1)
         h = abs(t1 - t0)
         if h == 0:
             raise ValueError("Brownian increment over an empty interval")
-        z = torch.stack([(self._w(k, t1) - self._w(k, t0)) for k in range(self.shape[0])]) / math.sqrt(h)
-        return z.to(dtype=self.dtype, device=self.device)
+        return ((self.W(t1) - self.W(t0)) / math.sqrt(h)).to(self.dtype)
 
     def fresh(self):
-        return randn(self.shape, self._gens, dtype=self.dtype, device=self.device)
+        return self._seeded._next(Stream.CORRECTOR)
 
 
-def make_noise(kind, shape, *, generator=None, seeds: Optional[Sequence[int]] = None,
+def make_noise(kind, shape, *, generator=None, seeds: Optional[Seeds] = None,
                dtype=torch.float32, device=None) -> NoiseSource:
-    """Build the noise source named ``kind`` ("gaussian" or "brownian") or pass one through."""
+    """Build the noise source named ``kind`` ("gaussian" or "brownian") or pass one through.
+    ``seeds`` (an int s: sample k uses s + k, or one per sample) selects counter-based noise;
+    otherwise ``generator`` (Brownian seeds are then drawn from it)."""
     if isinstance(kind, NoiseSource):
         return kind
     if kind == "gaussian":
+        if seeds is not None:
+            return GaussianNoise(shape, None, dtype, device, seeds=seeds)
         return GaussianNoise(shape, generator, dtype, device)
     if kind == "brownian":
         if seeds is None:
