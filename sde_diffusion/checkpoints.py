@@ -168,17 +168,18 @@ def load_config(folder) -> dict:
 
 
 def load_model(name_or_path, device="cpu") -> NoisePredictor:
-    """A ready ``NoisePredictor`` (eval mode, ``sample_shape`` set) from a shipped name
+    """A ready ``NoisePredictor`` (eval mode, ``sample_shape`` set, net on ``device``) from a shipped name
     (``"digits"``; a bare shipped name wins over a same-named local folder, write ``"./digits"``
     for that), a model folder, its ``model.safetensors`` or its ``config.json``.
 
-    A diffusers pipeline folder goes to ``sde_diffusion.byom.load_diffusers_folder``.
-    The model's config dict is attached as ``predictor.config``."""
+    A diffusers pipeline folder goes to ``sde_diffusion.interop.diffusers.load_diffusers_folder``.
+    ``predictor.config`` is the model's config dict. (``sde_diffusion.resolve.resolve_model`` also
+    takes ``module:attr`` and ``"gmm"``.)"""
     p = _resolve(name_or_path)
-    if p.is_dir() and ((p / "model_index.json").is_file() or (p / "unet" / "config.json").is_file()):
-        from .byom import load_diffusers_folder  # lazy: optional diffusers support
+    from .interop import diffusers as _diffusers  # the module only; diffusers itself loads on use
 
-        return load_diffusers_folder(p)
+    if _diffusers.is_diffusers_folder(p):
+        return _diffusers.load_diffusers_folder(p, device=device)
     folder = p if p.is_dir() else p.parent
     cfg = load_config(folder)
     wname = cfg.get("weights", {}).get("file", WEIGHTS_NAME)
@@ -196,6 +197,5 @@ def load_model(name_or_path, device="cpu") -> NoisePredictor:
         raise ValueError(f"{wpath}: weights do not match the architecture in {CONFIG_NAME}: {str(e).splitlines()[0]}") from None
     net.to(device).eval().requires_grad_(False)
     sde = VPSDE.from_betas(schedule_betas(cfg["schedule"]))
-    pred = NoisePredictor(net, sde, cfg["prediction"], sample_shape=tuple(int(v) for v in cfg["data"]["shape"]))
-    pred.config = cfg
-    return pred
+    return NoisePredictor(net, sde, cfg["prediction"], sample_shape=tuple(int(v) for v in cfg["data"]["shape"]),
+                          conditioning=cfg.get("conditioning"), config=cfg)

@@ -227,7 +227,12 @@ class NoisePredictor:
     @classmethod
     def from_diffusers(cls, unet, scheduler) -> "NoisePredictor":
         """Wrap a diffusers ``UNet2DModel`` with the VP-SDE and prediction type of its scheduler
-        (or scheduler config dict); see ``sde_diffusion.byom``."""
-        from .byom import predictor_from_diffusers
+        (or scheduler config dict); see ``sde_diffusion.interop.diffusers_config`` (imports only
+        ``schedules``: no import circle)."""
+        from .interop.diffusers_config import (betas_from_diffusers_config, conditioning_of_diffusers_unet,
+                                               net_from_diffusers_unet, prediction_from_diffusers_config)
 
-        return predictor_from_diffusers(unet, scheduler)
+        net, shape = net_from_diffusers_unet(unet, scheduler)
+        return cls(net, VPSDE.from_betas(betas_from_diffusers_config(scheduler)),
+                   prediction_from_diffusers_config(scheduler), sample_shape=shape,
+                   conditioning=conditioning_of_diffusers_unet(unet))

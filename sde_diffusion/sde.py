@@ -93,10 +93,11 @@ class VPSDE:
 
     @classmethod
     def from_diffusers(cls, scheduler_or_config) -> "VPSDE":
-        """Build from a diffusers scheduler (or its config dict); see ``sde_diffusion.byom``."""
-        from .byom import sde_from_diffusers_config
+        """Build from a diffusers scheduler (or its config dict); see ``sde_diffusion.interop.diffusers_config``
+        (which imports only ``schedules``: no import circle)."""
+        from .interop.diffusers_config import betas_from_diffusers_config
 
-        return sde_from_diffusers_config(scheduler_or_config)
+        return cls.from_betas(betas_from_diffusers_config(scheduler_or_config))
 
     def __repr__(self) -> str:
         if self.kind == "discrete":

@@ -1,4 +1,4 @@
-"""Bring your own model: diffusers configs and folders, plain callables (sde_diffusion.byom).
+"""Bring your own model: diffusers configs and folders, plain callables (sde_diffusion.interop; old name byom).
 
 References are diffusers' own schedulers (DDIMScheduler, DPMSolverMultistepScheduler) run on the
 same random UNet, noise and timesteps, and diffusers' own schedule code evaluated in float64.
@@ -176,8 +176,7 @@ def test_ddim_equals_diffusers(folders, name, spacing):
 @pytest.mark.parametrize("name", ["epsilon", "v"])
 @pytest.mark.parametrize("steps", [7, 20])
 def test_dpmpp_2m_equals_diffusers(folders, name, steps):
-    if "dpmpp_2m" not in SOLVERS:
-        pytest.skip("dpmpp_2m is not registered in sde_diffusion.solvers.SOLVERS yet (solvers/dpm.py)")
+    assert "dpmpp_2m" in SOLVERS, "dpmpp_2m must be registered in sde_diffusion.solvers (solvers/dpm.py)"
     model = load_diffusers_folder(folders[name])
     ref = DPMSolverMultistepScheduler.from_pretrained(folders[name] / "scheduler", algorithm_type="dpmsolver++",
                                                       solver_order=2, final_sigmas_type="zero")

@@ -156,10 +156,10 @@ def test_unknown_name_lists_shipped():
 
 
 def test_diffusers_folder_hook(tmp_path, monkeypatch):
-    import sde_diffusion.byom as byom
+    import sde_diffusion.interop.diffusers as interop_diffusers
 
     calls = []
-    monkeypatch.setattr(byom, "load_diffusers_folder", lambda p: calls.append(p) or "sentinel")
+    monkeypatch.setattr(interop_diffusers, "load_diffusers_folder", lambda p, device="cpu": calls.append(p) or "sentinel")
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     assert load_model(tmp_path / "pipe") == "sentinel"

@@ -10,13 +10,14 @@ from .dpm import dpm_solver, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .karras import euler, heun
 from .ode import ode, scipy
 from .reverse_sde import euler_maruyama, pc
-from .spec import SolverSpec, render_table, solver
+from .spec import REGISTRY, SolverSpec, render_table, solver
 from .unipc import unipc
 
 _ALL = (ancestral, ddim, euler, heun, dpm_solver, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, euler_maruyama, pc, ode, scipy)
 
 # name -> SolverSpec (order, NFE formula, default spacing, stochastic/adaptive, peers, options)
 SPECS = {f.spec.name: f.spec for f in _ALL}
+REGISTRY.update(SPECS)
 
 SOLVERS = {name: s.fn for name, s in SPECS.items()}
 # the spacing ``sample(steps=K)`` uses when none is given (adaptive solvers have none)
@@ -32,4 +33,29 @@ def solver_table() -> str:
     return render_table(SPECS.values())
 
 
-__all__ = ["SOLVERS", "SPECS", "DEFAULT_SPACING", "ADAPTIVE", "STOCHASTIC", "SolverSpec", "solver", "solver_table"]
+_BEGIN, _END = "<!-- solver-table: begin -->\n", "<!-- solver-table: end -->"
+
+
+def table_in_doc(text: str) -> str:
+    """The solver table between the markers of a markdown text (ValueError without markers)."""
+    if _BEGIN not in text or _END not in text:
+        raise ValueError(f"no solver-table markers ({_BEGIN.strip()} ... {_END}) in the text")
+    return text.split(_BEGIN, 1)[1].split(_END, 1)[0]
+
+
+def update_doc(path) -> bool:
+    """Rewrite the solver table between the markers of the markdown file ``path``; True if it changed
+    (``python -c "from sde_diffusion.solvers import update_doc; update_doc('docs/solvers.md')"``)."""
+    from pathlib import Path
+
+    p = Path(path)
+    doc = p.read_text()
+    old = table_in_doc(doc)
+    new = doc.replace(_BEGIN + old + _END, _BEGIN + solver_table() + _END, 1)
+    if new != doc:
+        p.write_text(new)
+    return new != doc
+
+
+__all__ = ["SOLVERS", "SPECS", "DEFAULT_SPACING", "ADAPTIVE", "STOCHASTIC", "SolverSpec", "solver", "solver_table", "update_doc",
+           "table_in_doc"]

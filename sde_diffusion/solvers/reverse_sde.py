@@ -85,16 +85,16 @@ def pc(model, x, ts, *, noise, callback=None, predictor: str = "euler_maruyama",
     NFE = (predictor NFE on the grid) + n_corrector * (number of grid times t > 0 after ts[0]),
     i.e. 2K - 1 for K steps ending at 0 with the default predictor and n_corrector = 1.
     """
-    from . import ADAPTIVE, SOLVERS
+    from .spec import REGISTRY
 
-    valid = sorted(n for n in SOLVERS if n != "pc" and n not in ADAPTIVE)
+    valid = sorted(n for n, s in REGISTRY.items() if n != "pc" and not s.adaptive)
     if predictor not in valid:
         raise ValueError(f"unknown predictor {predictor!r}; valid: {', '.join(valid)}")
     if not (snr > 0 and math.isfinite(snr)):
         raise ValueError(f"snr must be a finite number > 0, got {snr!r}")
     if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
         raise ValueError(f"n_corrector must be an integer >= 0, got {n_corrector!r}")
-    step_fn, popts = SOLVERS[predictor], dict(predictor_options or {})
+    step_fn, popts = REGISTRY[predictor].fn, dict(predictor_options or {})
     sde = model.sde
     for i in range(len(ts) - 1):
         t = float(ts[i + 1])

@@ -35,7 +35,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Tuple
 
-__all__ = ["SolverSpec", "solver", "check_spec", "render_table", "SPACINGS"]
+__all__ = ["SolverSpec", "solver", "check_spec", "render_table", "SPACINGS", "REGISTRY"]
+
+# name -> SolverSpec of every registered solver; filled by solvers/__init__.py (read by ``pc`` for its
+# predictor, so that no family file imports the registry module above it)
+REGISTRY: dict = {}
 
 SPACINGS = ("uniform", "logsnr", "karras", "quadratic", "leading", "trailing", "linspace")
 
@@ -132,22 +136,3 @@ def render_table(specs) -> str:
                     f"{', '.join(s.peers) or '--'} |")
     return "\n".join(rows) + "\n"
 
-
-BEGIN, END = "<!-- solver-table: begin -->\n", "<!-- solver-table: end -->"
-
-
-def update_doc(path) -> bool:
-    """Rewrite the table between the solver-table markers of the markdown file ``path``; True if changed."""
-    from pathlib import Path
-
-    from . import solver_table
-
-    p = Path(path)
-    doc = p.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise ValueError(f"{path} has no solver-table markers ({BEGIN.strip()} ... {END})")
-    head, rest = doc.split(BEGIN, 1)
-    new = head + BEGIN + solver_table() + END + rest.split(END, 1)[1]
-    if new != doc:
-        p.write_text(new)
-    return new != doc
