@@ -5,15 +5,20 @@ family file + its name in ``_ALL`` below. ``SOLVERS``, ``DEFAULT_SPACING``, ``AD
 ``STOCHASTIC``, docs/solvers.md's table and the registry-wide tests are all read from ``SPECS``.
 """
 
+from .adams import deis, ipndm, lms
 from .ancestral import ancestral, ddim
+from .ancestral_steps import dpmpp_2s_ancestral, euler_ancestral
 from .dpm import dpm_solver, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .karras import euler, heun
 from .ode import ode, scipy
+from .restart import restart
 from .reverse_sde import euler_maruyama, pc
+from .sde_dpm import dpmpp_3m_sde, dpmpp_sde
 from .spec import REGISTRY, SolverSpec, render_table, solver
 from .unipc import unipc
 
-_ALL = (ancestral, ddim, euler, heun, dpm_solver, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, euler_maruyama, pc, ode, scipy)
+_ALL = (ancestral, ddim, euler, heun, dpm_solver, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, euler_maruyama, pc, ode, scipy,
+        euler_ancestral, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_3m_sde, lms, deis, ipndm, restart)
 
 # name -> SolverSpec (order, NFE formula, default spacing, stochastic/adaptive, peers, options)
 SPECS = {f.spec.name: f.spec for f in _ALL}
