@@ -1,15 +1,21 @@
-"""Tune time grids for the shipped digits model and write sde_diffusion/assets/digits/tuned_grids.json.
+"""Tune few-step configurations for a shipped model, score them on the benchmark's x_T, and ship them.
 
-    python benchmarks/tune_grids.py [--model digits] [--solvers unipc,dpmpp_3m,dpmpp_2m] [--nfe 5,10] [--n 64]
+    OMP_NUM_THREADS=1 python benchmarks/tune_grids.py --solvers dpmpp_2m --nfe 5,10 [--model digits]
+        [--calibration 256 --validation 64 --holdout 128 --maxfev 300] [--no-ship]
 
-Calibration x_T use seeds 1e6 + k (disjoint from the benchmark's seeds 0..n-1); the reference is the
-``ode`` solver at rtol = atol = 1e-6. Options per solver match the benchmark's first variant.
-The JSON is rewritten atomically after every grid, so a killed run keeps what it finished.
+For every (solver, NFE): ``sde_diffusion.tuning.tune`` (calibration/validation/holdout x_T from the
+named seed streams, references cached in ~/.cache/sde_diffusion/tune-references), then the RMSE on the
+benchmark's own x_T (seeds 0..n-1, sample k = first ``randn`` of a generator seeded k, as the committed
+``benchmarks/results`` run) against the benchmark's cached reference solve, so the number sits beside
+diffusers' rows of ``benchmarks/results/results.csv``: the script prints diffusers' best at 2 x NFE.
+Each result is appended to ``benchmarks/tuning/results.jsonl`` and (unless --no-ship) merged into
+``sde_diffusion/assets/<model>/tuned.json`` (replacing the same solver/steps), atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
@@ -18,51 +24,81 @@ from pathlib import Path
 import torch
 
 from sde_diffusion.checkpoints import ASSETS_DIR, load_model
-from sde_diffusion.randomness import per_sample_generators
-from sde_diffusion.tuning import CALIBRATION_SEED, reference_solve, tune_grid
+from sde_diffusion.files import atomic_write_text, load_safetensors
+from sde_diffusion.sampling import sample
+from sde_diffusion.tuning import load_tuned, tune
 
-OPTIONS = {"unipc": {"order": 2}}  # the benchmark's first variant (sde_diffusion.bench.VARIANTS)
+ROOT = Path(__file__).resolve().parent
+BENCH = ROOT / "results"
+OUT = ROOT / "tuning" / "results.jsonl"
+
+
+def bench_set(model, n: int = 128):
+    """The committed benchmark's x_T (seed k -> first randn) and its cached reference solve."""
+    x = torch.stack([torch.randn(tuple(model.sample_shape), generator=torch.Generator().manual_seed(k)) for k in range(n)])
+    sha = model.config["weights"]["sha256"][:16]
+    f = BENCH / "cache" / f"pf_dopri5_tol1e-06_digits-{sha}_seed0_n{n}.safetensors"
+    return x, load_safetensors(f)[0]["x"]
+
+
+def diffusers_best(nfe: int):
+    """(rmse, scheduler, spacing) of diffusers' best row at this NFE in the committed benchmark."""
+    rows = [r for r in csv.DictReader(open(BENCH / "results.csv")) if r["library"] == "diffusers"
+            and r["metric"] == "rmse_ref" and int(r["target_nfe"]) == nfe and int(r["nfe"]) <= nfe]
+    if not rows:
+        return None
+    r = min(rows, key=lambda r: float(r["value"]))
+    return float(r["value"]), r["solver"], r["spacing"]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="digits")
-    p.add_argument("--solvers", default="unipc,dpmpp_3m,dpmpp_2m")
+    p.add_argument("--solvers", default="dpmpp_2m")
     p.add_argument("--nfe", default="5,10")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--calibration", type=int, default=256)
+    p.add_argument("--validation", type=int, default=64)
+    p.add_argument("--holdout", type=int, default=128)
     p.add_argument("--maxfev", type=int, default=300)
+    p.add_argument("--option", action="append", default=[], help="solver option KEY=JSON for every tune")
+    p.add_argument("--no-coefficients", action="store_true")
+    p.add_argument("--no-ship", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(a.model)
-    out = ASSETS_DIR / a.model / "tuned_grids.json"
-    doc = json.loads(out.read_text()) if out.is_file() else {"grids": {}}
-    gens = per_sample_generators(CALIBRATION_SEED, a.n)
-    x_T = torch.stack([torch.randn(tuple(model.sample_shape), generator=g) for g in gens])
-    t0 = time.perf_counter()
-    ref = reference_solve(model, x_T)
-    print(f"reference ({a.n} samples): {time.perf_counter() - t0:.0f} s", flush=True)
-    doc.update(model=a.model, weights_sha256=model.config["weights"]["sha256"], calibration=dict(
-        n=a.n, seeds=f"{CALIBRATION_SEED}+k", reference="ode dopri5 rtol=atol=1e-6", objective="pixel RMSE"))
+    x_b, ref_b = bench_set(model)
+    cache = os.path.expanduser("~/.cache/sde_diffusion/tune-references")
+    opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.option)}
+    ship = ASSETS_DIR / a.model / "tuned.json"
     for solver in a.solvers.split(","):
         for nfe in map(int, a.nfe.split(",")):
-            best = None
-            for free in (False, True):
-                t0 = time.perf_counter()
-                r = tune_grid(model, solver, nfe, x_T=x_T, reference=ref, maxfev=a.maxfev, free_start=free,
-                              options=OPTIONS.get(solver))
-                print(f"{solver} NFE {nfe} free_start={free}: rmse {r['rmse']:.4f} (start {r['rmse_init']:.4f} from "
-                      f"{r['init']}; {r['evaluations']} evaluations, {time.perf_counter() - t0:.0f} s)", flush=True)
-                if best is None or r["rmse"] < best[0]["rmse"]:
-                    best = (r, free)
-            r, free = best
-            if out.is_file():  # re-read: another process may have added grids meanwhile
-                doc["grids"] = {**json.loads(out.read_text())["grids"], **doc["grids"]}
-            doc["grids"][f"{solver}/{nfe}"] = dict(ts=[float(t) for t in r["ts"]], calibration_rmse=r["rmse"],
-                                                   start_rmse=r["rmse_init"], start_spacing=r["init"],
-                                                   free_start=free, options=OPTIONS.get(solver, {}))
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
-            os.replace(tmp, out)
+            t0 = time.perf_counter()
+            r = tune(model, solver, nfe, calibration=a.calibration, validation=a.validation, holdout=a.holdout,
+                     maxfev=a.maxfev, cache=cache, options=opts, coefficients=False if a.no_coefficients else None,
+                     progress=True)
+            r["model"] = a.model
+            out = sample(model, x_b, solver=solver, tuned=r).samples
+            r["benchmark"] = {"n": x_b.shape[0], "seeds": "0..n-1 (benchmarks/results)",
+                              "rmse": float(((out.double() - ref_b.double()) ** 2).mean().sqrt())}
+            best2 = diffusers_best(2 * nfe)
+            if best2:
+                r["benchmark"]["diffusers_best_at_2x"] = {"rmse": best2[0], "scheduler": best2[1], "spacing": best2[2],
+                                                          "ratio": r["benchmark"]["rmse"] / best2[0]}
+            line = (f"{solver} NFE {nfe}: calibration {r['calibration']['rmse']:.4f} (start {r['calibration']['start_rmse']:.4f}) "
+                    f"validation {r['validation']['rmse']:.4f} holdout {r['holdout']['rmse']:.4f} "
+                    f"(start {r['holdout']['start_rmse']:.4f}) benchmark x_T {r['benchmark']['rmse']:.4f}")
+            if best2:
+                line += f" | diffusers best @NFE {2 * nfe}: {best2[0]:.4f} ({best2[1]}, {best2[2]}) ratio {r['benchmark']['rmse'] / best2[0]:.2f}"
+            line += f" | {r['wall_s']:.0f} s tune ({r['reference_s']:.0f} s references), {r['evaluations']} solves, {time.perf_counter() - t0:.0f} s total"
+            print(line, flush=True)
+            OUT.parent.mkdir(parents=True, exist_ok=True)
+            with open(OUT, "a") as f:
+                f.write(json.dumps(r) + "\n")
+            if not a.no_ship:
+                configs = load_tuned(ship) if ship.is_file() else []
+                same = lambda c: c["solver"] == r["solver"] and int(c["steps"]) == int(r["steps"]) and c.get("guidance") == r.get("guidance")  # noqa: E731
+                configs = [c for c in configs if not same(c)] + [r]
+                atomic_write_text(ship, json.dumps({"configs": configs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
