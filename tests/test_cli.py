@@ -461,3 +461,30 @@ def test_keyboard_interrupt_is_130(work, capsys, monkeypatch):
     rc, _, err = _run(["sample", *TINY, "--steps", "2", "--out", "k/x.png", "--no-progress"], capsys)
     assert rc == 130 and "interrupted" in err
     assert not (work / "k").exists()
+
+
+def test_train_conditional_then_sample_a_class(work, capsys):
+    """train --conditional on an (x, y) .npz writes a model that declares its classes; sample --class
+    checks labels against them (one line, before any network call) and runs guided."""
+    from sde_diffusion.checkpoints import load_model
+
+    rng = np.random.default_rng(0)
+    np.savez(work / "lab.npz", x=rng.integers(0, 256, (12, 8, 8), dtype=np.uint8), y=np.arange(12) % 3)
+    arch = ["--base-channels", "8", "--channel-mults", "1", "--attention-resolutions", "8", "--no-progress",
+            "--batch-size", "4"]
+    rc, _, err = _run(["train", "--data", "lab.npz", "--conditional", "--cond-drop", "0.2", "--out", "c",
+                       "--steps", "2", *arch], capsys)
+    assert rc == 0, err
+    m = load_model(work / "c" / "model")
+    assert m.conditioning == {"class_labels": {"num_classes": 3, "null_class": 3}}
+    rc, _, err = _run(["sample", "--model", "c/model", "--steps", "2", "--class", "5", "--out", "s.png"], capsys)
+    assert rc == 2 and "--class 5 is outside the model's classes 0..2" in err and not (work / "s.png").exists()
+    if _has_cond():
+        rc, _, err = _run(["sample", "--model", "c/model", "--steps", "2", "-n", "3", "--class", "2", "--guidance", "2",
+                           "--out", "s.npz", "--no-progress"], capsys)
+        assert rc == 0, err
+        assert np.load("s.npz")["labels"].tolist() == [2, 2, 2]
+    # unlabelled data for --conditional: one line, nothing written
+    np.save(work / "plain.npy", rng.integers(0, 256, (4, 8, 8), dtype=np.uint8))
+    rc, _, err = _run(["train", "--data", "plain.npy", "--conditional", "--out", "c2", "--steps", "1", *arch], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and not (work / "c2").exists()
