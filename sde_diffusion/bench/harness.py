@@ -129,7 +129,7 @@ def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev,
          cache_dirs, command) -> list:
     main = dist.is_main
     pred = bm.predictor
-    x_T, _ = start_streams(seed, 0, n, bm.shape, bm.dtype, dev)
+    x_T = start_streams(seed, 0, n, bm.shape, bm.dtype, dev)
     labels = class_labels(bm, n, dev)
     fwd_ms = forward_ms(pred, x_T)
     meta = dict(run_id, quick=quick, forward_ms=fwd_ms, n_boot=n_boot, ci_method=ci_method, device=str(dev),
@@ -274,11 +274,14 @@ def report(out, plots: bool = True, docs: Optional[Path] = None) -> list:
 def reproduce_peer(model: str, peer: str, spacing: str, steps: int, n: int, seed: int = 0,
                    guidance: Optional[float] = None, out: Optional[str] = None) -> torch.Tensor:
     """The samples of a diffusers row: scheduler ``peer`` driving ``model`` from the bench's x_T
-    (sample k from the generator seeded seed + k, noise continuing from it)."""
+    (x_T of sample k from seed + k as ``sample --seed``; DDPM's noise from the generator seeded seed + k)."""
     from ..peers import run_peer
 
     bm = load_bench_model(model)
-    x_T, gens = start_streams(seed, 0, n, bm.shape, bm.dtype, "cpu")
+    from ..randomness import per_sample_generators
+
+    x_T = start_streams(seed, 0, n, bm.shape, bm.dtype, "cpu")
+    gens = per_sample_generators(seed, n)
     labels = class_labels(bm, n, "cpu")
     pred = bm.predictor
     if guidance is not None and labels is not None:

@@ -160,7 +160,7 @@ def plan(model, solvers: Sequence[str], nfes: Sequence[int], quick: bool, peers=
     skipped = skipped if skipped is not None else []
     pred = model.predictor
     discrete = pred.sde.num_train_steps is not None
-    cfgs = [Config("data", "real", "-", 0, role="floor")]
+    cfgs = [Config("data", "real", "-", 0, role="floor")] if getattr(model, "floor", None) is not None else []
     for w in guidance:
         cfgs.append(Config("sde_diffusion", "pf_reference", f"dopri5 tol={REF_TOL:g}", 0,
                            options={"rtol": REF_TOL, "atol": REF_TOL}, role="reference", guidance=w))

@@ -21,13 +21,15 @@ from .score import HIGHER_IS_BETTER
 __all__ = ["plot_all", "save_grid_png", "FAMILIES", "family_of", "MAX_PX"]
 
 MAX_PX = 2000
-FAMILIES = {  # family -> (solvers and peers, colour)
+FAMILIES = {  # family -> (solvers and peers, colour); one colour per family in every figure
     "DDIM / Euler": (("ddim", "euler"), "#1f77b4"),
     "Heun": (("heun",), "#8c564b"),
     "DPM-Solver": (("dpm_solver", "dpmpp_2m", "dpmpp_3m"), "#d62728"),
     "UniPC": (("unipc",), "#2ca02c"),
     "DEIS": (("deis",), "#9467bd"),
-    "stochastic": (("ancestral", "ddpm", "euler_maruyama", "pc", "dpmpp_2m_sde"), "#7f7f7f"),
+    "LMS / iPNDM": (("lms", "ipndm"), "#17becf"),
+    "stochastic": (("ancestral", "ddpm", "euler_maruyama", "pc", "dpmpp_2m_sde", "euler_ancestral",
+                    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_3m_sde", "restart"), "#7f7f7f"),
     "adaptive ODE": (("ode", "scipy"), "#ff7f0e"),
 }
 SPACING_COLOURS = {"uniform": "#1f77b4", "quadratic": "#ff7f0e", "logsnr": "#2ca02c", "karras": "#d62728",

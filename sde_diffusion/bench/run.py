@@ -2,8 +2,9 @@
 ``sampling.sample``, diffusers' schedulers (``peers.run_peer``) and ``distributed``.
 
 Randomness follows ``sde-diffusion sample --seed S`` exactly, so every row reproduces from the CLI:
-sample k owns the generator seeded S + k; x_T is its first draw (``randn`` of the sample shape),
-and a stochastic solver's noise continues from the same generator.
+x_T of sample k is ``randomness.draw_x_T`` with seed S + k (counter-based, stream X_T) and a
+stochastic solver's noise comes from ``sample(..., seed=S + k)``'s named streams. diffusers' DDPM
+scheduler takes ``torch.Generator`` objects: sample k gets the generator seeded S + k.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..randomness import per_sample_generators
 from .models import BenchModel
 from .plan import REF_TOL, Config
 
-__all__ = ["Outcome", "start_streams", "class_labels", "reference_pf", "run_config", "cached", "forward_ms", "slug"]
+__all__ = ["Outcome", "start_streams", "fingerprint", "class_labels", "reference_pf", "run_config", "cached", "forward_ms", "slug"]
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,20 @@ def slug(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)
 
 
-def start_streams(seed: int, start: int, count: int, shape: Sequence[int], dtype, device) -> tuple:
-    """(x_T, generators) for samples start..start+count-1, as ``sde-diffusion sample --seed``
-    draws them: sample k's generator is seeded seed + k, x_T is its first draw, and the returned
-    generators (advanced past x_T) feed the solver's noise."""
-    gens = per_sample_generators(seed + start, count)
-    x_T = torch.stack([torch.randn(tuple(shape), generator=g, dtype=dtype) for g in gens]) if count else \
-        torch.zeros((0, *shape), dtype=dtype)
-    return x_T.to(device), gens
+def start_streams(seed: int, start: int, count: int, shape: Sequence[int], dtype, device) -> torch.Tensor:
+    """x_T of samples start..start+count-1 as ``sde-diffusion sample --seed seed`` draws them."""
+    from ..randomness import draw_x_T
+
+    if count == 0:
+        return torch.zeros((0, *shape), dtype=dtype, device=device)
+    return draw_x_T((count, *shape), seed + start, dtype=dtype, device=device)
+
+
+def fingerprint(x: torch.Tensor) -> str:
+    """sha256 (16 hex) of a tensor's float64 CPU bytes: keys caches to the exact x_T."""
+    import hashlib
+
+    return hashlib.sha256(x.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def class_labels(bm: BenchModel, n: int, device) -> Optional[torch.Tensor]:
@@ -69,15 +76,17 @@ def reference_pf(model: NoisePredictor, x_T: torch.Tensor, rtol: float = REF_TOL
 def cached(fname: str, x_T: torch.Tensor, dtype, cache_dirs: Sequence[Path], write_dir: Optional[Path],
            compute: Callable) -> tuple:
     """(samples, nfe, wall_s) of a reference run, read from the first of ``cache_dirs`` holding
-    ``fname`` with matching shape, else computed and (when ``write_dir``) stored there."""
+    ``fname`` made from this very x_T (its fingerprint is stored in the file), else computed and
+    (when ``write_dir``) stored there."""
     from ..files import load_safetensors, save_safetensors_atomic
 
+    fp = fingerprint(x_T)
     for d in cache_dirs:
         p = Path(d) / fname
         if p.is_file():
             try:
                 t, meta = load_safetensors(p)
-                if t["x"].shape == x_T.shape:
+                if t["x"].shape == x_T.shape and meta.get("x_T") == fp:
                     return t["x"].to(device=x_T.device, dtype=dtype), int(meta["nfe"]), float(meta["wall_s"])
             except (ValueError, KeyError):
                 pass
@@ -85,7 +94,7 @@ def cached(fname: str, x_T: torch.Tensor, dtype, cache_dirs: Sequence[Path], wri
     x, nfe = compute()
     wall = time.perf_counter() - t0
     if write_dir is not None:
-        save_safetensors_atomic({"x": x}, Path(write_dir) / fname, metadata={"nfe": str(nfe), "wall_s": repr(wall)})
+        save_safetensors_atomic({"x": x}, Path(write_dir) / fname, metadata={"nfe": str(nfe), "wall_s": repr(wall), "x_T": fp})
     return x, nfe, wall
 
 
@@ -111,7 +120,9 @@ def run_config(bm: BenchModel, c: Config, seed: int, n: int, ref: Callable, cach
     (sample k keeps generator seed + k) and all ranks get the union."""
     pred = bm.predictor
     m = dist.shard(n)
-    x_mine, gens = start_streams(seed, m.start, len(m), bm.shape, bm.dtype, device)
+    x_all = start_streams(seed, 0, n, bm.shape, bm.dtype, device)
+    x_mine = x_all[m.start:m.stop]
+    s_mine = seed + m.start  # sample k's noise: the named streams of seed + k
     labels = class_labels(bm, n, device)
     cond = {"class_labels": labels[m.start:m.stop]} if labels is not None else None
     w = c.guidance
@@ -126,12 +137,11 @@ def run_config(bm: BenchModel, c: Config, seed: int, n: int, ref: Callable, cach
         from ..sampling import sample
 
         def compute():
-            res = sample(pred, x_mine, solver=c.solver, steps=c.steps, spacing=c.spacing, generator=gens,
+            res = sample(pred, x_mine, solver=c.solver, steps=c.steps, spacing=c.spacing, seed=s_mine,
                          cond=cond, guidance=w, **c.options)
             return dist.gather_cat(res.samples), res.nfe
 
-        x_all = torch.empty((n, *bm.shape), dtype=bm.dtype, device=device)
-        fname = f"{slug(c.key)}_samplestreams_{ident}_seed{seed}_n{n}.safetensors"  # noise as `sample --seed`
+        fname = f"{slug(c.key)}_{ident}_seed{seed}_n{n}.safetensors"
         x, nfe, wall = cached(fname, x_all, bm.dtype, cache_dirs, write_dir if dist.is_main else None, compute)
         return Outcome(x, nfe, c.steps, wall)
     if x_mine.is_cuda:
@@ -142,12 +152,13 @@ def run_config(bm: BenchModel, c: Config, seed: int, n: int, ref: Callable, cach
 
         ctx = pred.conditioned(cond, guidance=w) if cond is not None else nullcontext()
         with ctx:
-            x, nfe = run_peer(pred, c.solver, c.steps, x_mine, spacing=c.spacing, generator=gens)
+            x, nfe = run_peer(pred, c.solver, c.steps, x_mine, spacing=c.spacing,
+                              generator=per_sample_generators(s_mine, len(m)))
         steps = c.steps
     else:
         from ..sampling import sample
 
-        kw = dict(c.options, generator=gens, cond=cond, guidance=w)
+        kw = dict(c.options, seed=s_mine, cond=cond, guidance=w)
         if c.spacing.startswith("adaptive") or c.spacing == "tuned":
             res = sample(pred, x_mine, solver=c.solver, **kw)
         else:
