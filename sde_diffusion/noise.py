@@ -129,8 +129,8 @@ class BrownianNoise(NoiseSource):
         chunk = max(1, (1 << 23) // max(1, self.shape[0] * s._numel))
         for a in range(0, len(ids), chunk):
             z = _normals(s._keys, Stream.BROWNIAN, ids[a:a + chunk], s._numel)  # (B, n, numel)
-            w = torch.tensor(weights[a:a + chunk], dtype=torch.float64, device=z.device)
-            out += torch.einsum("bnd,n->bd", z, w)
+            for i, w in enumerate(weights[a:a + chunk]):  # elementwise, in node order: batch- and device-exact
+                out += z[:, i] * w
         return out
 
     def W(self, t: float) -> torch.Tensor:
