@@ -51,6 +51,7 @@ __all__ = ["SDEDiffusionScheduler"]
 
 _PROCESS_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                  "rescale_betas_zero_snr", "prediction_type")
+_GRID_KEYS = ("spacing", "timesteps", "sigmas", "ts", "tuned")
 _VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 _N_TOL = 1e-3  # |timestep - expected| accepted in step(), in units of the training index n
 
@@ -281,12 +282,22 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
         """``from_config(pipe.scheduler.config, solver=..., spacing=..., ...)``. Refuses a config the
         VP-SDE cannot represent (variance-exploding, EDM, flow matching) naming the key. Every process
         key is taken from the config as written, also those the original class left at its own
-        defaults (diffusers would substitute this class's defaults, e.g. Heun's 0.00085/0.012 betas)."""
+        defaults (diffusers would substitute this class's defaults, e.g. Heun's 0.00085/0.012 betas).
+        Keyword arguments describe the new sampler: a grid keyword (spacing, timesteps, sigmas, ts,
+        tuned) replaces every grid key of the config, and ``solver`` without ``solver_options``
+        drops the config's solver options."""
         cfg = getattr(config, "config", config)
         if cfg is not None and not isinstance(cfg, str) and hasattr(cfg, "keys"):
             cfg = dict(cfg)
             sde_from_diffusers_config({k: v for k, v in cfg.items() if k not in _PROCESS_KEYS or v is not None})
             cfg.pop("_use_default_values", None)
+            # keyword arguments describe the new sampler: a new grid replaces the config's grid, a new
+            # solver the config's solver options (from_config(our_config, solver="heun") starts clean)
+            if any(kwargs.get(k) is not None for k in _GRID_KEYS):
+                for k in _GRID_KEYS:
+                    cfg.pop(k, None)
+            if "solver" in kwargs and "solver_options" not in kwargs:
+                cfg.pop("solver_options", None)
             config = cfg
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
