@@ -60,28 +60,38 @@ class GaussianMixture:
             raise ValueError(f"weights must be K={K} non-negative numbers summing to 1")
         self.means, self.covs, self.weights = mu, cov, w
         self._evals, self._evecs = evals.clamp(min=0), evecs
+        self._on_device = {}  # float64 copies of the parameters per device of the inputs
         self.K, self.D = K, D
         self.data_shape = tuple(data_shape) if data_shape is not None else (D,)
         if math.prod(self.data_shape) != D:
             raise ValueError(f"data_shape {self.data_shape} does not have D={D} elements")
 
     # ---- densities ----------------------------------------------------------------------
+    def _params(self, device):
+        """(means, eigenvalues, eigenvectors, weights) on ``device`` (float64; the input's device, so
+        every method runs where its input lives; copies cached per device)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.means, self._evals, self._evecs, self.weights
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = tuple(v.to(device) for v in (self.means, self._evals, self._evecs, self.weights))
+        return self._on_device[key]
+
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.data_shape))}), got {tuple(x.shape)}")
         return x.reshape(x.shape[0], self.D).to(_F64)
 
-    def _components(self, alpha: torch.Tensor, sigma: torch.Tensor):
-        """Per-sample eigen-decomposed covariances alpha^2 C_k + sigma^2 I: eigenvalues (B, K, D)."""
-        return alpha[:, None, None] ** 2 * self._evals[None] + sigma[:, None, None] ** 2
-
     def _log_comp_and_score(self, y: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
-        """log N_k(y) (B, K) and score_k(y) (B, K, D) of the noised components."""
-        lam = self._components(alpha, sigma)  # (B, K, D)
-        d = y[:, None, :] - alpha[:, None, None] * self.means[None]  # (B, K, D)
-        dr = torch.einsum("bkd,kde->bke", d, self._evecs)  # rotate into eigenbases
+        """log N_k(y) (B, K) and score_k(y) (B, K, D) of the noised components, whose covariances
+        alpha^2 C_k + sigma^2 I share C_k's eigenvectors (eigenvalues alpha^2 l + sigma^2)."""
+        means, evals, evecs, _ = self._params(y.device)
+        lam = alpha[:, None, None] ** 2 * evals[None] + sigma[:, None, None] ** 2  # (B, K, D)
+        d = y[:, None, :] - alpha[:, None, None] * means[None]  # (B, K, D)
+        dr = torch.einsum("bkd,kde->bke", d, evecs)  # rotate into eigenbases
         logn = -0.5 * ((dr**2 / lam).sum(-1) + torch.log(lam).sum(-1) + self.D * math.log(2 * math.pi))
-        score = -torch.einsum("bke,kde->bkd", dr / lam, self._evecs)
+        score = -torch.einsum("bke,kde->bkd", dr / lam, evecs)
         return logn, score
 
     def log_prob(self, x: torch.Tensor, sde: Optional[VPSDE] = None, t=0.0) -> torch.Tensor:
@@ -89,23 +99,24 @@ class GaussianMixture:
         y = self._flat(x)
         a, s = self._alpha_sigma(y, sde, t)
         logn, _ = self._log_comp_and_score(y, a, s)
-        return torch.logsumexp(logn + torch.log(self.weights)[None], dim=1)
+        return torch.logsumexp(logn + torch.log(self._params(y.device)[3])[None], dim=1)
 
     def _alpha_sigma(self, y, sde, t):
         B = y.shape[0]
         if sde is None:
             if torch.as_tensor(t).abs().max() != 0:
                 raise ValueError("pass the sde to evaluate at t > 0")
-            return torch.ones(B, dtype=_F64), torch.zeros(B, dtype=_F64)
+            return torch.ones(B, dtype=_F64, device=y.device), torch.zeros(B, dtype=_F64, device=y.device)
         tt = torch.as_tensor(t, dtype=_F64).expand(B) if torch.as_tensor(t).ndim == 0 else torch.as_tensor(t, dtype=_F64)
-        return torch.as_tensor(sde.alpha(tt)).reshape(B), torch.as_tensor(sde.sigma(tt)).reshape(B)
+        return (torch.as_tensor(sde.alpha(tt)).reshape(B).to(y.device),
+                torch.as_tensor(sde.sigma(tt)).reshape(B).to(y.device))
 
     def score(self, x: torch.Tensor, t, sde: VPSDE) -> torch.Tensor:
         """Exact score of p_t at x (float64, shaped like x)."""
         y = self._flat(x)
         a, s = self._alpha_sigma(y, sde, t)
         logn, sc = self._log_comp_and_score(y, a, s)
-        r = torch.softmax(logn + torch.log(self.weights)[None], dim=1)  # responsibilities
+        r = torch.softmax(logn + torch.log(self._params(y.device)[3])[None], dim=1)  # responsibilities
         return (r[..., None] * sc).sum(1).reshape(x.shape)
 
     def eps(self, x: torch.Tensor, t, sde: VPSDE) -> torch.Tensor:
@@ -138,7 +149,8 @@ class GaussianMixture:
             raise ValueError("the exact probability-flow map is closed form only for a single Gaussian (K = 1)")
         y = self._flat(x)
         a_s, s_s, a_t, s_t = (float(v) for v in (sde.alpha(s), sde.sigma(s), sde.alpha(t), sde.sigma(t)))
-        lam, U, mu = self._evals[0], self._evecs[0], self.means[0]
+        means, evals, evecs, _ = self._params(y.device)
+        lam, U, mu = evals[0], evecs[0], means[0]
         ratio = torch.sqrt((a_t**2 * lam + s_t**2) / (a_s**2 * lam + s_s**2))
         d = (y - a_s * mu) @ U
         out = a_t * mu + (d * ratio) @ U.T

@@ -165,46 +165,48 @@ def mode_stats(mixture, x, radius: float = 3.0, min_share: float = 0.5) -> dict:
     to it is <= ``radius``, else it is "off-mode". Returns ``counts`` (K,), ``off_mode``
     (fraction), ``coverage`` (fraction of modes holding >= ``min_share`` x their expected
     count w_k N) and ``mode_tv`` (total variation between assigned shares and the weights)."""
-    y = mixture._flat(torch.as_tensor(x))
-    ones, zeros = torch.ones(y.shape[0], dtype=torch.float64), torch.zeros(y.shape[0], dtype=torch.float64)
-    logn, _ = mixture._log_comp_and_score(y, ones, zeros + 1e-12)
-    k = torch.argmax(logn + torch.log(mixture.weights)[None], dim=1)
-    d = y - mixture.means[k]
-    dr = torch.einsum("bd,bde->be", d, mixture._evecs[k])
-    maha = torch.sqrt((dr**2 / mixture._evals[k].clamp(min=1e-300)).sum(-1))
+    y = mixture._flat(torch.as_tensor(x))  # float64 on x's device
+    means, evals, evecs, weights = mixture._params(y.device)
+    ones = torch.ones(y.shape[0], dtype=torch.float64, device=y.device)
+    logn, _ = mixture._log_comp_and_score(y, ones, ones * 1e-12)
+    k = torch.argmax(logn + torch.log(weights)[None], dim=1)
+    d = y - means[k]
+    dr = torch.einsum("bd,bde->be", d, evecs[k])
+    maha = torch.sqrt((dr**2 / evals[k].clamp(min=1e-300)).sum(-1))
     ok = maha <= radius
     counts = torch.bincount(k[ok], minlength=mixture.K).to(torch.float64)
     n = y.shape[0]
-    expected = mixture.weights * n
+    expected = weights * n
     return {
-        "counts": counts.numpy(),
+        "counts": counts.cpu().numpy(),
         "off_mode": float(1 - ok.double().mean()),
         "coverage": float((counts >= min_share * expected).double().mean()),
-        "mode_tv": float(0.5 * (counts / n - mixture.weights).abs().sum() + 0.5 * (1 - ok.double().mean())),
+        "mode_tv": float(0.5 * (counts / n - weights).abs().sum() + 0.5 * (1 - ok.double().mean())),
     }
 
 
 # ---- FD-digits -----------------------------------------------------------------------------
-def _classifier():
-    """The shipped digits classifier's ``features``: (N,1,8,8) in [-1,1] -> (N, 128)."""
+def _classifier(device="cpu"):
+    """The shipped digits classifier's ``features`` on ``device``: (N,1,8,8) in [-1,1] -> (N, 128)."""
     from .classifier import load_classifier
 
-    return load_classifier().features
+    return load_classifier(device=device).features
 
 
-_FEATURES_FN = None
+_FEATURES_FN = {}  # per device of the input
 
 
 def digits_features(x, batch: int = 1024) -> np.ndarray:
-    """Classifier features (N, F) float64 of digits images (N, 1, 8, 8) in [-1, 1]."""
-    global _FEATURES_FN
-    if _FEATURES_FN is None:
-        _FEATURES_FN = _classifier()
-    x = torch.as_tensor(x, dtype=torch.float32)
+    """Classifier features (N, F) float64 of digits images (N, 1, 8, 8) in [-1, 1]; the classifier
+    runs on the images' device."""
+    x = torch.as_tensor(x).to(torch.float32)
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
         raise ValueError(f"digits images must have shape (N, 1, 8, 8), got {tuple(x.shape)}")
+    key = str(x.device)
+    if key not in _FEATURES_FN:
+        _FEATURES_FN[key] = _classifier(x.device)
     with torch.no_grad():
-        parts = [_FEATURES_FN(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
+        parts = [_FEATURES_FN[key](x[i:i + batch]) for i in range(0, x.shape[0], batch)]
     return _np64(torch.cat([torch.as_tensor(p) for p in parts]))
 
 

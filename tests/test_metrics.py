@@ -133,3 +133,31 @@ def test_noise_floor_needs_two_disjoint_sets():
     assert M.noise_floor_fd(real, 50) > 0
     with pytest.raises(ValueError):
         M.noise_floor_fd(real, 51)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixture_and_mode_stats_run_on_the_input_device(device):
+    """GaussianMixture's densities, score and flow map, and mode_stats, follow the input's device and
+    agree with the CPU values."""
+    from sde_diffusion.analytic import GaussianMixture
+    from sde_diffusion.sde import VPSDE
+
+    sde = VPSDE.linear()
+    gm = GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], [[0.3, 0.2], [0.1, 0.4]], [0.6, 0.4])
+    x = gm.sample(300, generator=torch.Generator().manual_seed(0))
+    xd = x.to(device)
+    for f in (lambda v: gm.log_prob(v), lambda v: gm.log_prob(v, sde, 0.4), lambda v: gm.score(v, 0.4, sde),
+              lambda v: gm.eps(v, torch.full((300,), 0.7, dtype=torch.float64), sde)):
+        out = f(xd)
+        assert out.device == xd.device
+        torch.testing.assert_close(out.cpu(), f(x), rtol=1e-10, atol=1e-12)
+    one = GaussianMixture([[0.5, -0.5]], 0.3)
+    fm = one.flow_map(xd, 0.9, 0.2, sde)
+    assert fm.device == xd.device
+    torch.testing.assert_close(fm.cpu(), one.flow_map(x, 0.9, 0.2, sde), rtol=1e-10, atol=1e-12)
+    s_dev, s_cpu = M.mode_stats(gm, xd), M.mode_stats(gm, x)
+    np.testing.assert_array_equal(s_dev["counts"], s_cpu["counts"])
+    assert s_dev["off_mode"] == s_cpu["off_mode"]

@@ -140,3 +140,20 @@ def test_euler_maruyama_converges_strongly_on_a_shared_path():
     fresh_gap = float((sample(m, shape=(8, 1), generator=torch.Generator().manual_seed(9), solver="euler_maruyama",
                               steps=256).samples.double() - ref).abs().mean())
     assert fresh_gap > 0.2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("noise", ["gaussian", "brownian"])
+@pytest.mark.parametrize("name,opts", SAMPLERS, ids=IDS)
+def test_stochastic_samplers_on_cuda_match_cpu(name, opts, noise):
+    """Counter-based noise is device independent, so a seeded run on CUDA equals the CPU run to
+    float tolerance (TF32 plays no part: the analytic net has no matmul in float32)."""
+    from sde_diffusion.randomness import draw_x_T
+
+    need(name)
+    g = GaussianMixture([[MU, -MU]], STD)
+    cpu = sample(g.predictor(SDE), shape=(16, 2), seed=4, solver=name, steps=12, noise=noise, **opts).samples
+    x_T = draw_x_T((16, 2), 4, device="cuda")
+    gpu = sample(g.predictor(SDE), x_T, seed=4, solver=name, steps=12, noise=noise, **opts).samples
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
