@@ -20,7 +20,7 @@ import re
 import sys
 import tempfile
 import traceback
-from typing import List, NoReturn, Optional, Sequence
+from typing import Any, List, NoReturn, Optional, Sequence
 
 __all__ = ["main", "build_parser", "CLIError", "COMMANDS", "ArgumentParser", "HelpFormatter"]
 
@@ -53,7 +53,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with every usage error printed as ONE line (exit code 2)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 

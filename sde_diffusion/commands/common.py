@@ -319,7 +319,7 @@ class OutputLock:
 
 
 # ---- progress --------------------------------------------------------------------------------
-def progress_bar(total: Optional[float], desc: str, unit: str, disable: bool):
+def progress_bar(total: Optional[float], desc: str, unit: str, disable: bool) -> Any:
     """A tqdm bar on stderr with rate and ETA (``total`` None: count and rate only)."""
     from tqdm.auto import tqdm
 

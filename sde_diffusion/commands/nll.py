@@ -63,12 +63,23 @@ def _mean_ci(v: Any) -> tuple:
 
 
 def _check_method(method: str) -> None:
+    """The library's own method check (the probability-flow engine's list), before any loading."""
+    import importlib
+
+    check = None
+    for mod, name, kw in (("sde_diffusion.pf_ode", "check_method", {"divergence": True}),
+                          ("sde_diffusion.likelihood", "_check_method", {})):
+        try:
+            fn = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            fn = None
+        if fn is not None:
+            check = (fn, kw)
+            break
+    if check is None:
+        return  # log_likelihood() checks it, still before any network call
     try:
-        from ..likelihood import _check_method as lib_check
-    except ImportError:
-        return
-    try:
-        lib_check(method)
+        check[0](method, **check[1])
     except ValueError as e:
         raise CLIError(f"--method: {e}") from None
 

@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_model(spec: str, device: str = "cpu"):
+def resolve_model(spec: str, device: str = "cpu") -> Any:
     """A NoisePredictor from a shipped name, a folder, ``module:attribute`` or ``gmm``
     (the library's one resolver: ``sde_diffusion.resolve.resolve_model``)."""
     from ..resolve import resolve_model as _resolve_model
@@ -348,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
         local = torch.cat(chunks) if chunks else torch.zeros((0, *shape))
         x = dist.gather_cat(local)
+        assert x is not None
         dist.close()
         if not owner:
             ok = True
