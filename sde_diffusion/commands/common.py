@@ -255,7 +255,10 @@ class OutputLock:
         except ImportError:  # not POSIX
             return self._acquire_pidfile()
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise CLIError(f"--out {self.target}: cannot write in {self.path.parent} ({e.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
