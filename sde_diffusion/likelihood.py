@@ -9,6 +9,10 @@ from the data x(t_end) = x (t_end ~ 0) forwards to the noise x(1) = z gives
 div f = -1/2 beta (D - div eps / sigma) is computed exactly (one vector-Jacobian product per
 dimension) or by Hutchinson's estimator E_v[v^T (df/dx) v] (Hutchinson 1989; Grathwohl et al.
 2019, FFJORD) with probes drawn ONCE per solve, so the integrand is one smooth function of t.
+The ODE, its divergence and the solvers are ``pf_ode.py``'s (shared with the ``ode``/``scipy``
+samplers); ``variable="lambda"`` (default) integrates in log-SNR lambda instead of t, where
+log p_{t_end}(x) = log N(z; 0, I) + int_{lambda(t_end)}^{lambda(1)} div (dx/dlambda) dlambda
+(the same density; far fewer steps, docs/likelihood.md).
 
 Units. ``log_prob`` is in nats per sample: the continuous density at the point evaluated (x, or
 the dequantized x). ``bpd`` = -log_prob / (D ln 2) + offset, in bits per dimension:
@@ -36,8 +40,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import pf_ode
 from .model import NoisePredictor
 from .randomness import rand, randn
+from .validation import choice, finite_float, positive_int
 
 __all__ = ["log_likelihood", "LikelihoodResult", "elbo_bpd", "ElboResult", "TRACES", "NOISES",
            "DEQUANTIZE", "DECODERS", "VARIANCES", "dequantize_offset"]
@@ -98,8 +104,7 @@ def _randn(shape, generator, dtype=_F64) -> torch.Tensor:
 
 def _levels(x: torch.Tensor, num_bins: int) -> torch.Tensor:
     """Integer levels k of x = 2k/(K-1) - 1; raises if x is off that grid."""
-    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 2:
-        raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
+    positive_int("num_bins", num_bins, low=2)
     xf = x.to(_F64)
     if (xf < -1 - 1e-6).any() or (xf > 1 + 1e-6).any():
         raise ValueError(f"to dequantize, x must lie in [-1, 1]; got range [{float(xf.min()):.4g}, {float(xf.max()):.4g}]"
@@ -130,95 +135,16 @@ def _std_normal_logp(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.shape[1] * math.log(2 * math.pi) + (z**2).sum(1))
 
 
-# ---- the probability-flow ODE with its divergence ---------------------------------------------
-class _Dynamics:
-    """(x, t) -> (f(x, t), div f(x, t)) on flat float64 CPU states (B, D); the net runs in
-    ``dtype`` on ``device``.
-
-    t is clamped to [t_end, 1]: torchdiffeq's adaptive solvers may step past the end time and the
-    net must never see t outside the integration interval (nor the schedule t > 1)."""
-
-    def __init__(self, model, shape, dtype, device, t_end, trace, probes_v):
-        self.model, self.shape, self.dtype, self.device, self.t_end = model, shape, dtype, device, t_end
-        self.trace, self.v = trace, probes_v  # v: (K, B, D) float64 or None
-        self.evals = 0
-
-    def __call__(self, x: torch.Tensor, t: float):
-        sde = self.model.sde
-        tc = min(max(float(t), self.t_end), 1.0)
-        beta, sigma = float(sde.beta(tc)), float(sde.sigma(tc))
-        B, D = x.shape
-        self.evals += 1
-        with torch.enable_grad():
-            xi = x.detach().to(device=self.device, dtype=self.dtype).requires_grad_(True)
-            eps = self.model.eps(xi.reshape(self.shape), torch.full((B,), tc, dtype=_F64)).reshape(B, D)
-            f = -0.5 * beta * (xi - eps / sigma)  # PF-ODE drift (Song et al. 2021, eq. 13)
-            if self.trace == "exact":  # row i of the Jacobian from one VJP per dimension
-                div = torch.zeros(B, dtype=_F64, device=self.device)
-                for i in range(D):
-                    (g,) = torch.autograd.grad(f[:, i].sum(), xi, retain_graph=i < D - 1)
-                    div += g[:, i].to(_F64)
-            else:  # Hutchinson: mean_k v_k^T J v_k with probes fixed for the whole solve
-                K = self.v.shape[0]
-                div = torch.zeros(B, dtype=_F64, device=self.device)
-                for k in range(K):
-                    vk = self.v[k].to(device=self.device, dtype=self.dtype)
-                    (g,) = torch.autograd.grad(f, xi, grad_outputs=vk, retain_graph=k < K - 1)
-                    div += (g * vk).sum(1).to(_F64)
-                div /= K
-        return f.detach().to(device="cpu", dtype=_F64), div.detach().cpu()
-
-
-def _solve_torchdiffeq(dyn, x0, t_end, method, rtol, atol, options):
-    from torchdiffeq import odeint
-
-    def func(t, state):
-        return dyn(state[0], t)
-
-    state0 = (x0, torch.zeros(x0.shape[0], dtype=_F64))
-    ts = torch.tensor([t_end, 1.0], dtype=_F64)
-    with torch.no_grad():
-        xs, dls = odeint(func, state0, ts, method=method, rtol=rtol, atol=atol, options=options)
-    return xs[-1], dls[-1], {}
-
-
-def _solve_scipy(dyn, x0, t_end, method, rtol, atol, options):
-    from scipy.integrate import solve_ivp
-
-    B, D = x0.shape
-
-    def fun(t, y):
-        f, div = dyn(torch.from_numpy(y[: B * D]).reshape(B, D), t)
-        return np.concatenate([f.reshape(-1).numpy(), div.numpy()])
-
-    y0 = np.concatenate([x0.reshape(-1).numpy(), np.zeros(B)])
-    sol = solve_ivp(fun, (t_end, 1.0), y0, method=method, rtol=rtol, atol=atol, **(options or {}))
-    if not sol.success:
-        raise RuntimeError(f"scipy {method} failed: {sol.message}")
-    y = torch.from_numpy(sol.y[:, -1].copy())
-    return y[: B * D].reshape(B, D), y[B * D:], {"nfev": int(sol.nfev)}
-
-
-_SCIPY_METHODS = ("RK45", "RK23", "DOP853")  # explicit: implicit ones would need D x D Jacobians
-
-
-def _check_method(method: str) -> str:
-    from torchdiffeq._impl.odeint import SOLVERS as TD
-
-    valid = [m for m in TD if m != "scipy_solver"] + [f"scipy:{m}" for m in _SCIPY_METHODS]
-    if method not in valid:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(valid)}")
-    return method
-
-
 def log_likelihood(model: NoisePredictor, x: torch.Tensor, *, method: str = "dopri5", rtol: float = 1e-5,
                    atol: float = 1e-5, t_end: float = 1e-5, trace: str = "hutchinson", probes: int = 1,
                    noise: str = "rademacher", dequantize: Optional[str] = "uniform", num_bins: int = 256,
-                   generator=None, options: Optional[dict] = None) -> LikelihoodResult:
+                   generator=None, options: Optional[dict] = None, variable: str = "lambda") -> LikelihoodResult:
     """log p(x) by the probability-flow ODE, integrated from data (t_end) to noise (t = 1).
 
     ``method``: a torchdiffeq method ("dopri5", "rk4" with options={"step_size": h}, ...) or
-    "scipy:RK45" etc. (scipy.integrate.solve_ivp). ``trace``: "exact" (D vector-Jacobian products
+    "scipy:RK45" etc. (scipy.integrate.solve_ivp); ``pf_ode.methods(divergence=True)`` lists them.
+    ``variable``: "lambda" (log-SNR, default) or "t" (score_sde's form), see ``pf_ode.py``;
+    lambda needs alpha(1) > 0 (not for zero-terminal-SNR or cosine schedules: use "t"). ``trace``: "exact" (D vector-Jacobian products
     per evaluation) or "hutchinson" (``probes`` probes of ``noise`` "rademacher"/"gaussian", fixed
     for the solve, averaged). ``dequantize``: None (density of x as given), "uniform" or
     "centered" with ``num_bins`` levels in [-1, 1] (module doc: units and offsets). ``generator``:
@@ -230,19 +156,18 @@ def log_likelihood(model: NoisePredictor, x: torch.Tensor, *, method: str = "dop
     results (log_prob, bpd, ...) are float64 CPU tensors.
     """
     x = _check_x(model, x)
-    if trace not in TRACES:
-        raise ValueError(f"unknown trace {trace!r}; valid: {', '.join(TRACES)}")
-    if noise not in NOISES:
-        raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(NOISES)}")
-    if isinstance(probes, bool) or not isinstance(probes, (int, np.integer)) or probes < 1:
-        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    choice("trace", trace, TRACES)
+    choice("noise", noise, NOISES)
+    positive_int("probes", probes)
     if dequantize not in DEQUANTIZE:
         raise ValueError(f"unknown dequantize {dequantize!r}; valid: None, 'uniform', 'centered'")
-    if not (0.0 < t_end < 1.0):
+    finite_float("t_end", t_end, 0.0, strict=True, high=1.0)
+    if t_end == 1.0:
         raise ValueError(f"t_end must lie in (0, 1), got {t_end!r}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol!r}, atol={atol!r}")
-    _check_method(method)
+    finite_float("rtol", rtol, 0.0, strict=True)
+    finite_float("atol", atol, 0.0, strict=True)
+    pf_ode.check_method(method, divergence=True)
+    choice("variable", variable, pf_ode.VARIABLES)
 
     B = x.shape[0]
     D = x[0].numel()
@@ -265,19 +190,19 @@ def log_likelihood(model: NoisePredictor, x: torch.Tensor, *, method: str = "dop
         else:
             raw = _randn((probes, B, D), generator) if noise == "gaussian" else _rand((probes, B, D), generator)
         v = raw if noise == "gaussian" else torch.where(raw < 0.5, -1.0, 1.0).to(_F64)
-    # 3. solve data -> noise
-    dyn = _Dynamics(model, tuple(x.shape), x.dtype, x.device, float(t_end), trace, v)
+    # 3. solve data -> noise (the flat float64 CPU state; the net in x's dtype on x's device)
+    f = pf_ode.ProbabilityFlow(model, float(t_end), 1.0, variable, divergence=trace, probes=v,
+                               net_shape=tuple(x.shape), net_dtype=x.dtype, net_device=x.device)
     nfe0, t0 = model.nfe, time.perf_counter()
-    if method.startswith("scipy:"):
-        z, delta, extra = _solve_scipy(dyn, xf, float(t_end), method[6:], rtol, atol, options)
-    else:
-        z, delta, extra = _solve_torchdiffeq(dyn, xf, float(t_end), method, rtol, atol, options)
+    state0 = (xf, torch.zeros(B, dtype=_F64))
+    ((z, delta),), extra = pf_ode.solve(f, state0, [f.u_start, f.u_end], method, rtol, atol, options)
+    dyn = f
     prior = _std_normal_logp(z)
     logp = prior + delta
     bpd = -logp / (D * _LN2) + offset
     info = dict(method=method, rtol=rtol, atol=atol, t_end=t_end, trace=trace, probes=probes if v is not None else 0,
                 noise=noise if v is not None else None, dequantize=dequantize, num_bins=num_bins, offset=offset,
-                evals=dyn.evals, time_s=time.perf_counter() - t0, **extra)
+                variable=variable, evals=dyn.evals, time_s=time.perf_counter() - t0, **extra)
     return LikelihoodResult(log_prob=logp, bpd=bpd, nfe=model.nfe - nfe0, prior_logp=prior, delta_logp=delta,
                             x=xf.reshape(x.shape).to(x.dtype), z=z.reshape(x.shape), info=info)
 
@@ -311,14 +236,11 @@ def elbo_bpd(model: NoisePredictor, x: torch.Tensor, *, num_timesteps: Optional[
     x = _check_x(model, x)
     sde = model.sde
     N = sde._need_discrete("elbo_bpd")
-    if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; valid: {', '.join(VARIANCES)}")
+    choice("decoder", decoder, DECODERS)
+    choice("variance", variance, VARIANCES)
     if N < 2:
         raise ValueError("elbo_bpd needs a chain of at least 2 steps")
-    if num_timesteps is not None and (isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer))
-                                      or not 1 <= num_timesteps <= N - 1):
+    if num_timesteps is not None and (positive_int("num_timesteps", num_timesteps) > N - 1):
         raise ValueError(f"num_timesteps must be None or an integer in [1, {N - 1}], got {num_timesteps!r}")
     if decoder == "discrete":
         _levels(x, num_bins)

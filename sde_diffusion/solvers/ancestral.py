@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from ..validation import choice, finite_float
 from .spec import solver
 
 
@@ -23,8 +24,7 @@ def ancestral(model, x, ts, *, noise, callback=None, variance: str = "small"):
     ``variance="small"``: beta-tilde = (1 - a_t)/(1 - a_s) beta_st (default); ``"large"``: beta_st
     (Ho et al.'s FID 3.17 setting). No noise on a final step to t = 0. NFE = len(ts) - 1.
     """
-    if variance not in ("small", "large"):
-        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    choice("variance", variance, ("small", "large"))
     sde = model.sde
     for i in range(len(ts) - 1):
         s, t = float(ts[i]), float(ts[i + 1])
@@ -51,8 +51,7 @@ def ddim(model, x, ts, *, noise, callback=None, eta: float = 0.0):
     x_t = alpha_t x0 + sqrt(sigma_t^2 - c^2) eps + c z,  c = eta (sigma_t/sigma_s) sqrt(1 - a_s/a_t). eta = 0: deterministic (first-order PF-ODE
     solver, = DPM-Solver-1); eta = 1: ancestral with small variance. NFE = len(ts) - 1.
     """
-    if not (eta >= 0 and math.isfinite(eta)):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    finite_float("eta", eta, 0)
     sde = model.sde
     for i in range(len(ts) - 1):
         s, t = float(ts[i]), float(ts[i + 1])

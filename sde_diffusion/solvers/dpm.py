@@ -23,6 +23,7 @@ import math
 from typing import Optional, Sequence
 
 from .spec import solver
+from ..validation import choice, finite_float, positive_int
 
 _ALGORITHMS = ("dpmsolver++", "dpmsolver")
 
@@ -41,8 +42,7 @@ def _at_lambda(sde, lam: float):
 
 
 def _check_order(order, valid):
-    if isinstance(order, bool) or order not in valid:
-        raise ValueError(f"order must be one of {', '.join(map(str, valid))}, got {order!r}")
+    choice("order", order, valid)
 
 
 # ---- singlestep DPM-Solver ------------------------------------------------------------------------
@@ -57,8 +57,7 @@ def dpm_solver_fast_orders(nfe: int, order: int = 3, final_to_zero: bool = True)
     Use as ``orders = dpm_solver_fast_orders(20); sample(model, solver="dpm_solver", steps=len(orders),
     spacing="logsnr", orders=orders)``.
     """
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
+    positive_int("nfe", nfe)
     _check_order(order, (1, 2, 3))
     m = nfe - 1 if final_to_zero else nfe
     if m == 0:
@@ -89,8 +88,7 @@ def dpm_solver(model, x, ts, *, noise, callback=None, order: int = 3, orders: Op
     alpha > 0 at the start). A step from alpha = 0 (zero terminal SNR) is first order.
     Returns (x, info) with info["orders"] the order used for each step.
     """
-    if algorithm not in _ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(_ALGORITHMS)}, got {algorithm!r}")
+    choice("algorithm", algorithm, _ALGORITHMS)
     K = len(ts) - 1
     if orders is None:
         _check_order(order, (1, 2, 3))
@@ -261,8 +259,7 @@ def dpmpp_3m(model, x, ts, *, noise, callback=None, lower_order_final: bool = Tr
     (tests/test_solver_orders.py). Warm-up orders 1, 2; with ``lower_order_final`` and fewer than 15 steps
     the last two steps use orders 2 and 1 (as diffusers' DPMSolverMultistepScheduler(solver_order=3)).
     """
-    if variant not in _3M_VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(_3M_VARIANTS)}, got {variant!r}")
+    choice("variant", variant, _3M_VARIANTS)
     return _dpmpp_multistep(model, x, ts, callback, 3, lower_order_final, _3M_VARIANTS[variant])
 
 
@@ -276,8 +273,7 @@ def dpmpp_2m_sde(model, x, ts, *, noise, callback=None, eta: float = 1.0, lower_
     eta = 1 is the reverse SDE (diffusers' algorithm_type="sde-dpmsolver++"); eta = 0 is dpmpp_2m.
     The step to t = 0 returns x0 without noise. NFE = K.
     """
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+    finite_float("eta", eta, 0)
     sde = model.sde
     K = len(ts) - 1
     l_prev = m_prev = None

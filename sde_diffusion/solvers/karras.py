@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 
+from ..validation import finite_float
 from .spec import solver
 
 
 def _check_churn(S_churn, S_tmin, S_tmax, S_noise):
     for name, v in (("S_churn", S_churn), ("S_tmin", S_tmin), ("S_noise", S_noise)):
-        if not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        finite_float(name, v, 0)
     if not (S_tmax >= S_tmin):
         raise ValueError(f"S_tmax must be >= S_tmin, got S_tmin={S_tmin!r}, S_tmax={S_tmax!r}")
 

@@ -1,15 +1,9 @@
 """Adaptive solvers of the probability-flow ODE (Song et al. 2021, eq. 13) through torchdiffeq or scipy.
 
-In time t (score_sde's form):        dx/dt      = -1/2 beta(t) (x - eps(x, t) / sigma_t).
-In log-SNR lambda = log(alpha/sigma) (default, ``variable="lambda"``):
-                                      dx/dlambda = sigma (sigma x - eps(x, t(lambda))).
-Derivation: y = x/alpha obeys dy/dsigma_VE = eps with sigma_VE = e^-lambda (Karras et al. 2022,
-eq. 4; Lu et al. 2022, eq. 3.4), and d alpha / d lambda = alpha sigma^2, so
-dx/dlambda = sigma^2 x - alpha sigma_VE eps. Multiplying by dlambda/dt = -beta / (2 sigma^2) gives
-the t form back. The lambda form keeps the state x (so rtol/atol mean what they mean in score_sde)
-with a right-hand side bounded by |x| + |eps|, while in t it grows like |eps|/sigma as t -> 0; it
-also hides the kinks of a discrete chain's piecewise-linear log alpha(t). It is integrated forward
-(lambda increases from noise to data).
+The right-hand side (in log-SNR lambda, default, or in t), its clamping to the integration span and
+the two back ends live in ``sde_diffusion/pf_ode.py``, shared with ``likelihood.py``; this module
+adds the sampling plan. The lambda form keeps the state x (so rtol/atol mean what they mean in
+score_sde) and is integrated forward (lambda increases from noise to data).
 
 A grid ending at t = 0 is integrated to ``t_eps`` (1/N for a discrete SDE, 1e-3 otherwise) and
 finished by one denoising step x0_hat(x, t_eps) (1 NFE); a grid ending at t > 0 is integrated
@@ -19,16 +13,14 @@ at those the callback gets ``x0=None`` (computing it would cost an NFE).
 
 from __future__ import annotations
 
-import math
 
 import torch
 
-from ..model import NonFiniteOutput
+from ..pf_ode import SCIPY_METHODS, VARIABLES as ODE_VARIABLES, ProbabilityFlow, check_method, solve
+from ..validation import finite_float
 from .spec import solver
 
-__all__ = ["ode", "scipy", "ODE_VARIABLES"]
-
-ODE_VARIABLES = ("lambda", "t")
+__all__ = ["ode", "scipy", "ODE_VARIABLES", "SCIPY_METHODS"]
 
 
 def _plan(model, ts, t_eps, variable):
@@ -50,57 +42,19 @@ def _plan(model, ts, t_eps, variable):
     return times, denoise
 
 
-class _ProbabilityFlow:
-    """The PF-ODE right-hand side f(u, x) in u = lambda or t, float64 schedule scalars.
-
-    ``u`` is clamped into the integration span so a solver probing past the end time (torchdiffeq
-    overshooting, float32 rounding of u) never evaluates the net outside it, and never at t = 0.
-    Counts accepted/rejected steps through torchdiffeq's step callbacks; raises ``NonFiniteOutput`` on a non-finite eps even when the
-    model's own check is off (a NaN would otherwise stall the step-size control)."""
-
-    def __init__(self, model, variable, u_start, u_end):
-        self.model, self.variable = model, variable
-        self.lo, self.hi = min(u_start, u_end), max(u_start, u_end)
-        self.accepted = self.rejected = 0
-
-    def times(self, t):
-        """u of time t."""
-        return float(self.model.sde.log_snr(t)) if self.variable == "lambda" else float(t)
-
-    def __call__(self, u, x):
-        u = min(max(float(u), self.lo), self.hi)
-        sde = self.model.sde
-        t = float(sde.t_from_log_snr(u)) if self.variable == "lambda" else u
-        eps = self.model.predict(x, t).eps
-        if not torch.isfinite(eps).all():
-            raise NonFiniteOutput(f"net returned NaN/inf at t={t:.6g} inside the ODE solve")
-        if self.variable == "lambda":
-            sig = math.sqrt(1.0 / (1.0 + math.exp(2.0 * u)))  # sigma^2 = sigmoid(-2 lambda)
-            return sig * (sig * x - eps)
-        return -0.5 * sde.beta(t) * (x - eps / sde.sigma(t))
-
-    # torchdiffeq step callbacks (adaptive Runge-Kutta methods only)
-    def callback_accept_step(self, t0, y0, dt):
-        self.accepted += 1
-
-    def callback_reject_step(self, t0, y0, dt):
-        self.rejected += 1
-
-
-def _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, solve_one):
-    """Run ``solve_one(f, x, us) -> (list of states at us[1:], extra info)`` on the whole batch or on
-    each sample alone, denoise if the grid ends at 0, call the callback, and collect the info."""
+def _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, method, rtol, atol, options):
+    """Solve the PF-ODE (``pf_ode.solve`` with ``method``) on the whole batch or on each sample alone,
+    denoise if the grid ends at 0, call the callback, and collect the info."""
     times, denoise = _plan(model, ts, t_eps, variable)
     chunks = [slice(k, k + 1) for k in range(x.shape[0])] if per_sample else [slice(None)]
     outs, stats = [], []
     for rows in chunks:
         xc = x[rows]
         nfe0 = model.nfe
-        f = _ProbabilityFlow(model, variable, 0.0, 0.0)
-        us = [f.times(t) for t in times]
-        f.lo, f.hi = min(us[0], us[-1]), max(us[0], us[-1])
+        f = ProbabilityFlow(model, times[0], times[-1], variable)
+        us = [f.u_of(t) for t in times]
         with model.rows(rows):  # conditioning follows the samples (see NoisePredictor.rows)
-            states, extra = solve_one(f, xc, us)
+            states, extra = solve(f, xc, us, method, rtol, atol, options)
             if denoise:  # x0_hat at t_eps: score_sde's final denoising step
                 states.append(model.predict(states[-1], times[-1]).x0)
         outs.append(states)
@@ -124,9 +78,8 @@ def _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, solve_on
 
 
 def _check_tol(rtol, atol):
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    finite_float("rtol", rtol, 0, strict=True)
+    finite_float("atol", atol, 0, strict=True)
 
 
 # dopri5 (default method): 2 evaluations to start, 6 per attempted step (FSAL), + 1 denoising
@@ -146,29 +99,10 @@ def ode(model, x, ts, *, noise=None, callback=None, method="dopri5", rtol=1e-5, 
     plus 1 for the final denoising step when the grid ends at t = 0.
     info: nfe, accepted, rejected (adaptive RK methods), t_end, and per-sample lists if per_sample.
     """
-    import torchdiffeq
-    from torchdiffeq._impl.odeint import SOLVERS as TD_SOLVERS
-    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-
     _check_tol(rtol, atol)
-    if method not in TD_SOLVERS:
-        raise ValueError(f"unknown torchdiffeq method {method!r}; valid: {', '.join(sorted(TD_SOLVERS))}")
-    adaptive_rk = issubclass(TD_SOLVERS[method], RKAdaptiveStepsizeODESolver)
-
-    def solve_one(f, xc, us):
-        opts = dict(options or {})
-        if adaptive_rk:
-            opts.setdefault("step_t", torch.tensor([us[-1]], dtype=torch.float64))
-        func = f if adaptive_rk else (lambda u, y: f(u, y))  # step callbacks only where supported
-        u = torch.tensor(us, dtype=torch.float64, device=xc.device)
-        sol = torchdiffeq.odeint(func, xc, u, rtol=rtol, atol=atol, method=method, options=opts)
-        steps = dict(accepted=f.accepted, rejected=f.rejected) if adaptive_rk else {}
-        return [s for s in sol[1:]], steps
-
-    return _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, solve_one)
-
-
-SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+    if method.startswith("scipy:") or check_method(method)[0] != "torchdiffeq":
+        raise ValueError(f"unknown torchdiffeq method {method!r}; for scipy's use solver='scipy'")
+    return _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, method, rtol, atol, options)
 
 
 # explicit RK45 (default method): scipy's nfev, + 1 denoising
@@ -185,28 +119,7 @@ def scipy(model, x, ts, *, noise=None, callback=None, method="RK45", rtol=1e-5, 
     the final denoising step when the grid ends at t = 0.
     info: nfe, accepted (steps taken), nfev/njev/nlu and status/message from scipy, t_end.
     """
-    import numpy as np
-    from scipy.integrate import solve_ivp
-
     _check_tol(rtol, atol)
     if method not in SCIPY_METHODS:
         raise ValueError(f"unknown scipy method {method!r}; valid: {', '.join(SCIPY_METHODS)}")
-
-    def solve_one(f, xc, us):
-        shape, dtype, device = xc.shape, xc.dtype, xc.device
-
-        def fun(u, y):
-            xt = torch.from_numpy(y).reshape(shape).to(dtype=dtype, device=device)
-            return f(u, xt).to(torch.float64).cpu().numpy().ravel()  # rhs in float64
-
-        y0 = xc.detach().to(torch.float64).cpu().numpy().ravel()
-        sol = solve_ivp(fun, (us[0], us[-1]), y0, method=method, rtol=rtol, atol=atol,
-                        dense_output=len(us) > 2)
-        if sol.status != 0:
-            raise RuntimeError(f"scipy solve_ivp ({method}) failed: {sol.message}")
-        ys = [sol.sol(u) for u in us[1:-1]] + [sol.y[:, -1]]
-        states = [torch.from_numpy(np.ascontiguousarray(y)).reshape(shape).to(dtype=dtype, device=device) for y in ys]
-        return states, dict(accepted=len(sol.t) - 1, nfev=int(sol.nfev), njev=int(sol.njev), nlu=int(sol.nlu), status=int(sol.status),
-                            message=str(sol.message))
-
-    return _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, solve_one)
+    return _solve_batches(model, x, ts, callback, t_eps, variable, per_sample, f"scipy:{method}", rtol, atol, None)

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from ..validation import finite_float, positive_int
 from .spec import solver
 
 __all__ = ["euler_maruyama", "pc", "langevin_step_size"]
@@ -90,10 +91,8 @@ def pc(model, x, ts, *, noise, callback=None, predictor: str = "euler_maruyama",
     valid = sorted(n for n, s in REGISTRY.items() if n != "pc" and not s.adaptive)
     if predictor not in valid:
         raise ValueError(f"unknown predictor {predictor!r}; valid: {', '.join(valid)}")
-    if not (snr > 0 and math.isfinite(snr)):
-        raise ValueError(f"snr must be a finite number > 0, got {snr!r}")
-    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
-        raise ValueError(f"n_corrector must be an integer >= 0, got {n_corrector!r}")
+    finite_float("snr", snr, 0, strict=True)
+    positive_int("n_corrector", n_corrector, low=0)
     step_fn, popts = REGISTRY[predictor].fn, dict(predictor_options or {})
     sde = model.sde
     for i in range(len(ts) - 1):

@@ -35,6 +35,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Tuple
 
+from ..validation import positive_int
+
 __all__ = ["SolverSpec", "solver", "check_spec", "render_table", "SPACINGS", "REGISTRY"]
 
 # name -> SolverSpec of every registered solver; filled by solvers/__init__.py (read by ``pc`` for its
@@ -88,8 +90,8 @@ def check_spec(spec: SolverSpec) -> None:
     where = f"solver {spec.name!r}"
     if not isinstance(spec.stochastic, bool) or not isinstance(spec.adaptive, bool):
         raise ValueError(f"{where}: stochastic and adaptive must be True or False")
-    if spec.order is not None and (isinstance(spec.order, bool) or not isinstance(spec.order, int) or spec.order < 1):
-        raise ValueError(f"{where}: order must be an integer >= 1 or None, got {spec.order!r}")
+    if spec.order is not None:
+        positive_int(f"{where}: order", spec.order)
     if spec.order is None and not (spec.adaptive or spec.stochastic):
         raise ValueError(f"{where}: a deterministic fixed-step solver must declare its order")
     if not isinstance(spec.nfe, str) or not spec.nfe.strip():
@@ -110,8 +112,8 @@ def check_spec(spec: SolverSpec) -> None:
         bad = set(options) - opts
         if bad:
             raise ValueError(f"{where}: order facts ({label}) use unknown option(s) {sorted(bad)}; it takes {sorted(opts)}")
-        if label != "default" and (isinstance(order, bool) or not isinstance(order, int) or order < 1):
-            raise ValueError(f"{where}: variant {label!r} must declare an integer order >= 1, got {order!r}")
+        if label != "default":
+            positive_int(f"{where}: order of variant {label!r}", order)
 
 
 def _nfe_text(spec: SolverSpec) -> str:

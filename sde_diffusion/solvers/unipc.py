@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from ..validation import choice
 from .dpm import _coefs
 from .spec import solver
 
@@ -65,10 +66,8 @@ def unipc(model, x, ts, *, noise, callback=None, order: int = 2, variant: str = 
     default); a final step to t = 0 is always first order and returns the x0 prediction.
     ``corrector=False`` gives the plain UniP multistep predictor. ``variant``: "bh2" (default) or "bh1".
     """
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order must be one of 1, 2, 3, got {order!r}")
-    if variant not in _VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(_VARIANTS)}, got {variant!r}")
+    choice("order", order, (1, 2, 3))
+    choice("variant", variant, _VARIANTS)
     sde = model.sde
     K = len(ts) - 1
     lams, x0s = [], []  # lambda and x0 at the grid points visited so far, newest last
