@@ -67,8 +67,11 @@ def to_uint8(samples: torch.Tensor, value_range: Sequence[float] = (-1.0, 1.0)) 
 def make_grid(samples: torch.Tensor, nrow: Optional[int] = None, pad: int = 1,
               value_range: Sequence[float] = (-1.0, 1.0), scale: int = 1) -> np.ndarray:
     """(N, C, H, W) samples in ``value_range`` -> uint8 image (rows, cols[, 3]) with ``pad``
-    white pixels between tiles, each pixel repeated ``scale`` times."""
-    tiles = to_uint8(samples, value_range)  # (N, H, W, C)
+    white pixels between tiles, each pixel repeated ``scale`` times. NaN pixels are drawn black
+    (a grid is for looking; ``to_uint8`` refuses NaN)."""
+    lo, _ = check_value_range(value_range)
+    x = _check_samples(samples)
+    tiles = to_uint8(torch.nan_to_num(x, nan=lo), value_range)  # (N, H, W, C)
     n, h, w, c = tiles.shape
     nrow = nrow or max(1, int(math.ceil(math.sqrt(max(n, 1)))))
     ncol_tiles, nrow_tiles = nrow, int(math.ceil(n / nrow))

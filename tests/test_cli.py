@@ -488,3 +488,12 @@ def test_train_conditional_then_sample_a_class(work, capsys):
     np.save(work / "plain.npy", rng.integers(0, 256, (4, 8, 8), dtype=np.uint8))
     rc, _, err = _run(["train", "--data", "plain.npy", "--conditional", "--out", "c2", "--steps", "1", *arch], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and not (work / "c2").exists()
+
+
+def test_grid_draws_nan_black_but_fid_outputs_refuse_it():
+    from sde_diffusion.images import make_grid, to_uint8
+
+    x = torch.tensor([[[[float("nan"), 1.0]]]])
+    assert make_grid(x, pad=0).tolist() == [[0, 255]]
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8(x)
