@@ -10,9 +10,10 @@ Counter-based noise (``counter_randn``)
         h(c)   = mix(key_k + (c + 1) G)                               (pair counter c = j // 2)
         mix(z) = z ^= z >> 30; z *= M1; z ^= z >> 27; z *= M2; z ^= z >> 31   (mod 2**64)
     i.e. pair c of (k, stream, step) is output c of a SplitMix64 sequence started at key_k. Each
-    64-bit h gives two normals by Box-Muller (Box & Muller 1958): u1 = (hi32 + 1/2) 2**-32,
-    theta = 2 pi lo32 2**-32, element 2c = r cos(theta), element 2c + 1 = r sin(theta),
-    r = sqrt(-2 log u1), computed in float64 and cast to the requested dtype. |z| <= 6.66.
+    64-bit h gives two normals by Box-Muller (Box & Muller 1958): with hi the high 32 bits of h
+    read as a signed integer and lo the low 32 bits, u1 = (hi + 2**31 + 1/2) 2**-32 in (0, 1),
+    theta = 2 pi lo 2**-32, r = sqrt(-2 log u1), element 2c = r cos(theta), element 2c + 1 =
+    r sin(theta); computed in float64 and cast to the requested dtype. |z| <= sqrt(66 log 2) = 6.77.
 
     What holds: (a) sample k's noise does not depend on its batch-mates or the batch size, bitwise
     (tested); (b) the integer hash is bitwise identical on every device: it uses only int64
@@ -46,14 +47,10 @@ import torch
 Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 Seeds = Union[int, Sequence[int], torch.Tensor]
 
-__all__ = ["Stream", "SEED_LIMIT", "CALIBRATION_SEED", "check_seed", "seed_tensor", "counter_randn",
+__all__ = ["Stream", "SEED_LIMIT", "check_seed", "seed_tensor", "counter_randn",
            "draw_x_T", "randn", "rand", "per_sample_generators", "Generators", "Seeds"]
 
 SEED_LIMIT = 2**63  # seeds are integers in [0, SEED_LIMIT)
-
-CALIBRATION_SEED = 1_000_000
-"""First seed of the tuning calibration set (sample k uses CALIBRATION_SEED + k): far from the small
-seeds benchmarks use, so tuned parameters are never scored on the samples they were fitted on."""
 
 
 class Stream(enum.IntEnum):
