@@ -31,8 +31,8 @@ def euler_maruyama(model, x, ts, *, noise, callback=None):
 
     Step s -> t (t < s), B = int_t^s beta:
         x_t = x_s + (B/2) x_s + B score(x_s, s) + sqrt(B) z,   z = noise.interval(s, t).
-    A final interval to t = 0 is a denoising step x_0 = x0_hat(x_s, s) (score_sde's
-    ``denoise=True``, without its extra evaluation). NFE = len(ts) - 1.
+    A final interval to t = 0 is a denoising step x_0 = x0_hat(x_s, s). This approximates, and does not
+    equal, score_sde's ``denoise=True`` (a full last step, then one more evaluation). NFE = len(ts) - 1.
     """
     sde = model.sde
     for i in range(len(ts) - 1):
@@ -79,8 +79,8 @@ def pc(model, x, ts, *, noise, callback=None, predictor: str = "euler_maruyama",
     """Predictor-corrector sampling (Song et al. 2021, Alg. 2 (VE) / Alg. 3 (VP)).
 
     Each interval s -> t: one step of ``predictor`` (any non-adaptive solver in ``SOLVERS``, e.g.
-    "euler_maruyama" (default), "ancestral" (= score_sde's reverse diffusion / ancestral sampling
-    predictor), "ddim" with ``predictor_options={"eta": 1.0}``; a multistep solver degrades to its
+    "euler_maruyama" (default), "ancestral" (= score_sde's AncestralSamplingPredictor only with
+    ``predictor_options={"variance": "large"}``), "ddim" with ``predictor_options={"eta": 1.0}``; a multistep solver degrades to its
     first step), then ``n_corrector`` Langevin steps at t with signal-to-noise ratio ``snr``
     (0.16: score_sde's CIFAR-10 VP setting). No corrector at t = 0 (the data end is a denoising step).
     NFE = (predictor NFE on the grid) + n_corrector * (number of grid times t > 0 after ts[0]),
