@@ -452,3 +452,25 @@ def test_step_out_of_order_refused_naming_the_expected_timestep():
         h = SDEDiffusionScheduler.from_config(s.config, solver="heun")
         h.set_timesteps(4)
         h.set_begin_index(1)
+
+
+def test_tuned_configuration_equals_sample_with_tuned(ddpm_pipe):
+    """spacing="tuned" + tuned=<configuration>: the grid and per-step options of the tuned file, as
+    sample(..., tuned=...) uses them; the configuration for another step count is refused by name."""
+    from sde_diffusion import tuning
+
+    grid = [1.0, 0.7, 0.35, 0.12, 0.0]
+    cfg = {"format": tuning.FORMAT, "solver": "unipc", "steps": 4, "ts": grid, "options": {"variant": "bh1"}}
+    pipe = ddpm_pipe
+    pipe.scheduler = SDEDiffusionScheduler.from_config(DDPM_CONFIG, solver="unipc", spacing="tuned", tuned=cfg)
+    img = _images(pipe, steps=4, seed=2)
+    g = _gen(2)
+    x_T = torch.randn((2, 3, 8, 8), generator=g)
+    model = predictor_from_diffusers(pipe.unet, DDPM_CONFIG)
+    with torch.no_grad():
+        ref = sample(model, x_T, solver="unipc", steps=4, tuned=cfg).samples
+        plain = sample(model, x_T, solver="unipc", ts=grid).samples  # bh2: the tuned options matter
+    assert _rel(img, _as_image(ref)) < SAME_TOL
+    assert _rel(_as_image(plain), _as_image(ref)) > 1e-4
+    with pytest.raises(ValueError, match="no tuned configuration unipc/6"):
+        pipe.scheduler.set_timesteps(6)
