@@ -152,6 +152,8 @@ BAD = [
     (["train", "--out", "r", "--dropout", "2"], "--dropout must be"),
     (["train", "--out", "r", "--cond-drop", "1"], "--cond-drop must be"),
     (["train", "--out", "r", "--channel-mults", "1,x"], "expected comma-separated integers"),
+    (["train", "--out", "r", "--channel-mults", ""], "expected at least one channel multiplier"),
+    (["train", "--out", "r", "--attention-resolutions", "0"], "expected comma-separated integers >= 1"),
     (["train", "--out", "r", "--seed", "-1"], "--seed must be"),
     (["train", "--out", "r", "--ckpt-minutes", "-1"], "--ckpt-minutes must be"),
     (["train", "--out", "r", "--device", "foo"], "not a device"),

@@ -36,12 +36,20 @@ SEED_MAX = (2**63 - 1 - 2**41) // 1_000_003 - 1
 
 
 def _ints(s: str) -> List[int]:
+    """Comma-separated integers >= 1; an empty string is the empty list (e.g. no attention)."""
     try:
         vals = [int(v) for v in s.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-    if not vals or min(vals) < 1:
+    if vals and min(vals) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {s!r}")
+    return vals
+
+
+def _mults(s: str) -> List[int]:
+    vals = _ints(s)
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected at least one channel multiplier, e.g. 1,2,2; got {s!r}")
     return vals
 
 
@@ -80,10 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g = p.add_argument_group("architecture (UNet; defaults: the shipped digits model's)")
     g.add_argument("--base-channels", type=int, default=None, help="channels of the first level (default: 32)")
-    g.add_argument("--channel-mults", type=_ints, default=None, help="channel multiplier per level, e.g. 1,2,2 (default)")
+    g.add_argument("--channel-mults", type=_mults, default=None, help="channel multiplier per level, e.g. 1,2,2 (default)")
     g.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per level (default: 1)")
     g.add_argument("--attention-resolutions", type=_ints, default=None,
-                   help="spatial sizes with self-attention, e.g. 4,2 (default)")
+                   help="spatial sizes with self-attention, e.g. 4,2 (default); '' for none")
     g.add_argument("--dropout", type=float, default=None, help="dropout probability in [0, 1) (default: 0.1)")
     p.set_defaults(func=run)
 
