@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "nll",
         help="negative log-likelihood in bits/dim (probability-flow ODE) and the DDPM ELBO",
         description="Exact likelihood through the probability-flow ODE (Song et al. 2021, App. D.2) in bits/dim "
-        "of the dequantized discrete data, with a 95%% confidence interval, NFE and time, and the discrete "
+        "of the dequantized discrete data, with a 95% confidence interval, NFE and time, and the discrete "
         "DDPM variational bound (Ho et al. 2020, eq. 5) beside it.",
     )
     p.add_argument("--model", default="digits", help="shipped name (digits), a model folder, or module:attribute")
