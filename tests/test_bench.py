@@ -261,3 +261,43 @@ def test_each_row_reproduces_from_its_sample_command(tmp_path):
         got = np.load(tmp_path / f"{solver}.npz")["samples"]
         kept = load_safetensors(out / "samples" / f"{slug(row['key'])}.safetensors")[0]["x"].numpy()
         np.testing.assert_array_equal(got[: len(kept)], kept)
+
+
+def test_guided_bench_drives_diffusers_with_the_same_guided_eps(tmp_path):
+    """--guidance on a (tiny, random) class-conditional U-Net: per scale, our DDIM on diffusers'
+    `leading` grid equals diffusers' DDIMScheduler driving the same guided eps in its own loop."""
+    pytest.importorskip("diffusers")
+    from sde_diffusion.model import NoisePredictor
+    from sde_diffusion.nets.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(num_classes=10, base_channels=8, channel_mults=[1, 2], num_res_blocks=1, attention_resolutions=[]).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the output layer starts at zero: make eps depend on x, t and y
+    pred = NoisePredictor(net, VPSDE.from_betas(linear_betas(100, 1e-3, 0.2)), sample_shape=(1, 8, 8),
+                          conditioning={"class_labels": {"num_classes": 10, "null_class": 10}})
+    bm = BenchModel("tinycond", pred, "tinycond", num_classes=10)
+    rows = run_bench(bm, solvers=["ddim"], spacings=["leading"], peers=["ddim"], nfes=[5], n=10, seed=2,
+                     out_dir=tmp_path / "g", quick=True, n_boot=0, guidance=[1, 3], plots=False, log=lambda *a: None,
+                     ref_tol=1e-3)
+    err = {(r["library"], r["guidance"]): r["value"] for r in rows if r["metric"] == "rmse_ref" and r["role"] == "solver"}
+    assert set(err) == {(lib, w) for lib in ("sde_diffusion", "diffusers") for w in (1.0, 3.0)}
+    for w in (1.0, 3.0):
+        assert abs(err[("sde_diffusion", w)] - err[("diffusers", w)]) < 1e-5 * max(1.0, err[("diffusers", w)])
+    assert err[("sde_diffusion", 1.0)] != err[("sde_diffusion", 3.0)]
+    refs = [r for r in rows if r["solver"] == "pf_reference" and r["metric"] == "rmse_ref"]
+    assert sorted(r["guidance"] for r in refs) == [1.0, 3.0] and all(r["value"] == 0 for r in refs)
+    assert "--guidance 3" in next(r["command"] for r in rows if r["guidance"] == 3.0 and r["library"] == "sde_diffusion")
+
+
+def test_class_accuracy_of_real_digits_with_their_labels():
+    from sde_diffusion.bench import score
+    from sde_diffusion.data import load_digits, load_digits_with_labels
+
+    x, y = load_digits_with_labels("test")
+    bm = BenchModel("digits", None, "d", real=load_digits("test"), digits=True, num_classes=10)
+    got = {m: v for m, v, _, _ in score(bm, x[:200], None, 0, 0, labels=y[:200])}
+    assert got["class_acc"] > 0.9 and got["class_acc_confident"] <= got["class_acc"]
+    shuffled = {m: v for m, v, _, _ in score(bm, x[:200], None, 0, 0, labels=(y[:200] + 1) % 10)}
+    assert shuffled["class_acc"] < 0.2

@@ -79,7 +79,7 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
               seed: int = 0, out_dir="runs/bench", quick: bool = False, peers=True, spacings=None,
               n_boot: Optional[int] = None, progress: bool = False, plots: bool = True, log=print, dist=None,
               cache_dirs: Sequence = (), device="cpu", guidance: Optional[Sequence[float]] = None,
-              ci_method: str = "BCa", command: Optional[str] = None) -> list:
+              ci_method: str = "BCa", command: Optional[str] = None, ref_tol: float = REF_TOL) -> list:
     """Run (or resume) the benchmark; returns the flat metric rows (also written to ``out_dir``).
 
     ``model``: a spec for ``load_bench_model`` or a ``BenchModel``. ``solvers``: names in
@@ -88,7 +88,7 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
     list of names. ``spacings``: our spacings (default: quick = each solver's default, full =
     ``OUR_SPACINGS``). ``n_boot``: bootstrap resamples (0 = no intervals). ``guidance``: scales for a
     class-conditional model (sample k asks for class k mod C). ``cache_dirs``: extra folders to read
-    reference solves from. ``dist``: under torchrun, samples are sharded by index and rank 0 scores
+    reference solves from. ``ref_tol``: rtol = atol of the reference probability-flow solve. ``dist``: under torchrun, samples are sharded by index and rank 0 scores
     and writes (rows equal a single-process run's)."""
     from ..distributed import Dist
     from ..solvers import SOLVERS
@@ -106,7 +106,9 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
         raise ValueError(f"--guidance needs a class-conditional model; {bm.name!r} declares no class_labels")
     bm = _to_device(bm, dev)
     skipped = []
-    cfgs = plan(bm, solvers, nfes, quick, peers, spacings, gs, skipped)  # name errors before any work
+    if not (isinstance(ref_tol, float) and 0 < ref_tol <= 1e-3):
+        raise ValueError(f"ref_tol must be a float in (0, 1e-3], got {ref_tol!r}")
+    cfgs = plan(bm, solvers, nfes, quick, peers, spacings, gs, skipped, ref_tol)  # name errors before any work
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
@@ -114,7 +116,7 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
     S.check_identity(out, run_id)
     with S.folder_lock(out) if main else _nolock():
         return _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev, dist, progress, plots,
-                    log, [Path(d) for d in cache_dirs], command)
+                    log, [Path(d) for d in cache_dirs], command, ref_tol)
 
 
 class _nolock:
@@ -126,7 +128,7 @@ class _nolock:
 
 
 def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev, dist, progress, plots, log,
-         cache_dirs, command) -> list:
+         cache_dirs, command, ref_tol) -> list:
     main = dist.is_main
     pred = bm.predictor
     x_T = start_streams(seed, 0, n, bm.shape, bm.dtype, dev)
@@ -152,10 +154,10 @@ def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev,
             def compute():
                 m = dist.shard(n)
                 cond = {"class_labels": labels[m.start:m.stop]} if labels is not None else None
-                x, nfe = reference_pf(pred, x_T[m.start:m.stop], cond=cond, guidance=w)
+                x, nfe = reference_pf(pred, x_T[m.start:m.stop], ref_tol, ref_tol, cond=cond, guidance=w)
                 return dist.gather_cat(x), nfe
 
-            name = f"pf_dopri5_tol{REF_TOL:g}" + ("" if w is None else f"_w{w:g}")
+            name = f"pf_dopri5_tol{ref_tol:g}" + ("" if w is None else f"_w{w:g}")
             x, nfe, wall = _cached_ref(name, bm, seed, x_T, caches, out / "cache" if main else None, compute)
             refs[w] = Outcome(x, nfe, None, wall)
         return refs[w]

@@ -128,14 +128,15 @@ def steps_for_nfe(model: NoisePredictor, solver: str, nfe: int, spacing: str, op
     return (k, dict(options)) if _probe_nfe(zero, solver, k, spacing, options) <= nfe else None
 
 
-def _tuned_grid(model_name: str, solver: str, steps: int) -> Optional[list]:
-    """The model's tuned grid for (solver, steps) from ``sde_diffusion.tuning``, if shipped."""
+def _has_tuned(pred: NoisePredictor, solver: str, steps: int, guidance) -> bool:
+    """Whether the model ships a tuned configuration (grid + options, ``tuning.resolve_tuned``)."""
     try:
-        from ..tuning import load_tuned_grid
+        from ..tuning import resolve_tuned
 
-        return [float(t) for t in load_tuned_grid(model_name, solver, steps)]
+        resolve_tuned(pred, solver, steps, None, guidance)
+        return True
     except (ImportError, FileNotFoundError, ValueError, KeyError):
-        return None
+        return False
 
 
 def _peer_steps(name: str, nfe: int) -> int:
@@ -150,7 +151,7 @@ def _peer_steps(name: str, nfe: int) -> int:
 
 def plan(model, solvers: Sequence[str], nfes: Sequence[int], quick: bool, peers=True,
          spacings: Optional[Sequence[str]] = None, guidance: Sequence[Optional[float]] = (None,),
-         skipped: Optional[list] = None) -> list:
+         skipped: Optional[list] = None, ref_tol: float = REF_TOL) -> list:
     """All configurations of a run (a list of frozen ``Config``), references and floor first.
     ``model`` is a ``BenchModel``. ``skipped`` (a list) receives (solver, spacing, nfe, reason)
     for requested combinations that cannot be run."""
@@ -162,8 +163,8 @@ def plan(model, solvers: Sequence[str], nfes: Sequence[int], quick: bool, peers=
     discrete = pred.sde.num_train_steps is not None
     cfgs = [Config("data", "real", "-", 0, role="floor")] if getattr(model, "floor", None) is not None else []
     for w in guidance:
-        cfgs.append(Config("sde_diffusion", "pf_reference", f"dopri5 tol={REF_TOL:g}", 0,
-                           options={"rtol": REF_TOL, "atol": REF_TOL}, role="reference", guidance=w))
+        cfgs.append(Config("sde_diffusion", "pf_reference", f"dopri5 tol={ref_tol:g}", 0,
+                           options={"rtol": ref_tol, "atol": ref_tol}, role="reference", guidance=w))
         if discrete and w is None:
             N = pred.sde.num_train_steps
             cfgs.append(Config("sde_diffusion", "ancestral", "uniform", N, steps=N, role="reference"))
@@ -190,13 +191,15 @@ def plan(model, solvers: Sequence[str], nfes: Sequence[int], quick: bool, peers=
                         skipped.append((name, sp, nfe, "one step costs more than this NFE"))
                     else:
                         ours.append(Config("sde_diffusion", name, sp, nfe, steps=got[0], options=got[1]))
-            if spacings and "tuned" not in spacings:
-                continue
-            for nfe in nfes if opts == variants[0] else ():  # model-tuned grids shipped with the model
-                got = steps_for_nfe(pred, name, nfe, "logsnr", opts)
-                grid = _tuned_grid(model.name, name, got[0]) if got is not None else None
-                if grid is not None:
-                    ours.append(Config("sde_diffusion", name, "tuned", nfe, steps=got[0], options=dict(got[1], ts=grid)))
+    tuned = []  # model-tuned configurations shipped with the model (sample(spacing="tuned"))
+    for name in solvers if not spacings or "tuned" in spacings else ():
+        if name in ADAPTIVE:
+            continue
+        for nfe in nfes:
+            got = steps_for_nfe(pred, name, nfe, "logsnr", {})
+            for w in guidance:
+                if got is not None and _has_tuned(pred, name, got[0], w):
+                    tuned.append(Config("sde_diffusion", name, "tuned", nfe, steps=got[0], guidance=w))
     theirs = []
     if peers and discrete:
         from ..peers import peer_nfe, peer_spacings
@@ -216,7 +219,7 @@ def plan(model, solvers: Sequence[str], nfes: Sequence[int], quick: bool, peers=
     for w in guidance:
         from dataclasses import replace
 
-        cfgs += [replace(c, guidance=w) for c in ours + theirs]
+        cfgs += [replace(c, guidance=w) for c in ours + theirs] + [c for c in tuned if c.guidance == w]
     seen, out = set(), []
     for c in cfgs:
         if c.key not in seen:

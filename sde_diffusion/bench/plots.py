@@ -123,7 +123,7 @@ def plot_best(out: Path, rows: list, metric: str, guidance=None) -> Path:
     low = metric not in HIGHER_IS_BETTER
     sel = _sel(rows, metric, guidance)
     nfes = sorted({r["target_nfe"] for r in sel})
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     logy = low and all(r["value"] > 0 for r in sel)
     shown, allvals = [], []
     for lib, ls, mk, col in (("sde_diffusion", "-", "o", "0.1"), ("diffusers", "--", "s", "0.45")):
@@ -162,7 +162,6 @@ def plot_best(out: Path, rows: list, metric: str, guidance=None) -> Path:
     w = "" if guidance is None else f", guidance {guidance:g}"
     ax.set_title(f"{metric}: best of each library per NFE{w} (bands: 95% CI; colour: solver family)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.11)
     suffix = "" if guidance is None else f"_w{guidance:g}"
     return _save(fig, Path(out) / "plots" / f"{metric}{suffix}_best.png", 120)
 
@@ -174,7 +173,7 @@ def plot_every(out: Path, rows: list, metric: str, guidance=None) -> Path:
     fams = [f for f in list(FAMILIES) + ["other"] if any(family_of(r["solver"]) == f for r in sel)]
     ncol = 3
     nrow = max(1, math.ceil(len(fams) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(13, 3.6 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(13, 3.6 * nrow), squeeze=False, layout="constrained")
     logy = low and all(r["value"] > 0 for r in sel)
     nfes = sorted({r["target_nfe"] for r in sel})
     for ax, fam in zip(axes.flat, fams):
@@ -203,7 +202,6 @@ def plot_every(out: Path, rows: list, metric: str, guidance=None) -> Path:
     w = "" if guidance is None else f", guidance {guidance:g}"
     fig.suptitle(f"{metric} vs NFE, every configuration{w} (ours solid, diffusers dashed; colour = spacing; "
                  f"y axis clipped to the useful range)", fontsize=9)
-    fig.subplots_adjust(left=0.06, right=0.98, top=0.9 if nrow > 1 else 0.85, bottom=0.08, hspace=0.35, wspace=0.2)
     suffix = "" if guidance is None else f"_w{guidance:g}"
     return _save(fig, Path(out) / "plots" / f"{metric}{suffix}_all.png", 110)
 
@@ -213,48 +211,57 @@ def plot_samples(out: Path, rows: list, samples: dict, nfes=(5, 10), guidance=No
     the folder holds no kept samples for the needed rows."""
     plt = _plt()
     ref = next((k for k in samples if "pf_reference" in k and (guidance is None) == ("|w=" not in k)), None)
-    cols, titles = [], []
+    if ref is None:
+        return None
+    cells = []  # (row title, [(column title, samples)])
     for nfe in nfes:
+        row = []
         for lib in ("sde_diffusion", "diffusers"):
             cand = [r for r in rows if r["metric"] == metric and r["role"] == "solver" and r["library"] == lib
                     and r["target_nfe"] == nfe and r.get("guidance") == guidance and r.get("key") in samples]
             if cand:
                 r = min(cand, key=lambda r: r["value"])
-                cols.append((nfe, samples[r["key"]]))
-                titles.append(f"{'ours' if lib == 'sde_diffusion' else 'diffusers'}: {r['solver']}\n{r['spacing']}, NFE {r['nfe']}, "
-                              f"{metric} {r['value']:.3g}")
-    if ref is None or not cols:
+                row.append((f"{'ours' if lib == 'sde_diffusion' else 'diffusers'}: {r['solver']}, {r['spacing']}\n"
+                            f"NFE {r['nfe']}, {metric} {r['value']:.3g}", samples[r["key"]]))
+        if row:
+            row.append(("converged PF-ODE\n(dopri5, tol 1e-6)", samples[ref]))
+            cells.append(row)
+    if not cells:
         return None
-    cols.append((None, samples[ref]))
-    titles.append("converged PF-ODE\n(dopri5, tol 1e-6)")
-    fig, axes = plt.subplots(1, len(cols), figsize=(2.2 * len(cols), 2.9), squeeze=False)
-    for ax, (_, x), title in zip(axes.flat, cols, titles):
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 4:  # images (B, C, H, W) in [-1, 1]: a 4 x 4 mosaic of the first 16
-            k = min(16, x.shape[0])
-            side = int(math.ceil(math.sqrt(k)))
-            c, h, w = x.shape[1:]
-            pad = np.ones((side * (h + 1), side * (w + 1))) * 1.0
-            for i in range(k):
-                r_, c_ = divmod(i, side)
-                pad[r_ * (h + 1):r_ * (h + 1) + h, c_ * (w + 1):c_ * (w + 1) + w] = x[i].mean(0)
-            ax.imshow(np.clip((pad + 1) / 2, 0, 1), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        else:
-            v = x.reshape(x.shape[0], -1)
-            ax.scatter(v[:, 0], v[:, 1], s=2, alpha=0.5)
-            ax.set_xlim(-1.3, 1.3)
-            ax.set_ylim(-1.3, 1.3)
-            ax.set_aspect("equal")
-            ax.tick_params(labelsize=6)
-        ax.set_title(title, fontsize=6.5)
+    ncol = max(len(r) for r in cells)
+    fig, axes = plt.subplots(len(cells), ncol, figsize=(2.4 * ncol, 2.7 * len(cells)), squeeze=False, layout="constrained")
+    for axrow, row in zip(axes, cells):
+        for ax in axrow[len(row):]:
+            ax.set_visible(False)
+        for ax, (title, x) in zip(axrow, row):
+            _show(ax, np.asarray(x, dtype=np.float64))
+            ax.set_title(title, fontsize=7)
     w = "" if guidance is None else f", guidance {guidance:g}"
-    fig.suptitle(f"Same x_T for every panel{w}: best of each library at NFE {', '.join(map(str, nfes))} (by {metric})", fontsize=8)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.76, bottom=0.03, wspace=0.08)
+    fig.suptitle(f"Same x_T in every panel{w}: best of each library by {metric} at NFE "
+                 f"{', '.join(map(str, nfes))} vs the converged solve", fontsize=8)
     suffix = "" if guidance is None else f"_w{guidance:g}"
     return _save(fig, Path(out) / "plots" / f"samples{suffix}.png", 150)
+
+
+def _show(ax, x: np.ndarray) -> None:
+    if x.ndim == 4:  # images (B, C, H, W) in [-1, 1]: a mosaic of the first 16
+        k = min(16, x.shape[0])
+        side = int(math.ceil(math.sqrt(k)))
+        h, w = x.shape[2:]
+        pad = np.ones((side * (h + 1) - 1, side * (w + 1) - 1))
+        for i in range(k):
+            r_, c_ = divmod(i, side)
+            pad[r_ * (h + 1):r_ * (h + 1) + h, c_ * (w + 1):c_ * (w + 1) + w] = x[i].mean(0)
+        ax.imshow(np.clip((pad + 1) / 2, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        v = x.reshape(x.shape[0], -1)
+        ax.scatter(v[:, 0], v[:, 1], s=2, alpha=0.5)
+        ax.set_xlim(-1.3, 1.3)
+        ax.set_ylim(-1.3, 1.3)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=6)
 
 
 def plot_all(out: Path, rows: list, samples: dict) -> list:
@@ -284,11 +291,10 @@ def save_grid_png(x, path: Path) -> None:
         save_grid(x[:64].detach().cpu().float(), path, nrow=8)
         return
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(3, 3))
+    fig, ax = plt.subplots(figsize=(3, 3), layout="constrained")
     v = x.reshape(x.shape[0], -1).detach().cpu().to(torch.float64).numpy()
     ax.scatter(v[:, 0], v[:, 1], s=2, alpha=0.5)
     ax.set_xlim(-1.3, 1.3)
     ax.set_ylim(-1.3, 1.3)
     ax.set_title(Path(path).stem, fontsize=6)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.1)
     _save(fig, Path(path), 90)

@@ -56,7 +56,7 @@ def sample_command(config: dict, meta: dict) -> str:
         solver = "ode"
     args = ["sde-diffusion", "sample", "--model", str(model), "--solver", solver]
     sp = config.get("spacing", "")
-    if sp != "tuned" and not sp.startswith("adaptive") and solver != "ode" and config.get("steps") is not None:
+    if not sp.startswith("adaptive") and solver != "ode" and config.get("steps") is not None:
         args += ["--steps", str(config["steps"]), "--spacing", sp]
     for k, v in opts.items():
         args += ["--option", f"{k}={json.dumps(v, separators=(',', ':'))}"]

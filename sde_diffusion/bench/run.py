@@ -159,7 +159,7 @@ def run_config(bm: BenchModel, c: Config, seed: int, n: int, ref: Callable, cach
         from ..sampling import sample
 
         kw = dict(c.options, seed=s_mine, cond=cond, guidance=w)
-        if c.spacing.startswith("adaptive") or c.spacing == "tuned":
+        if c.spacing.startswith("adaptive"):
             res = sample(pred, x_mine, solver=c.solver, **kw)
         else:
             res = sample(pred, x_mine, solver=c.solver, steps=c.steps, spacing=c.spacing, **kw)
