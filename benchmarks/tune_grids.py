@@ -7,7 +7,7 @@ For every (solver, NFE): ``sde_diffusion.tuning.tune`` (calibration/validation/h
 named seed streams, references cached in ~/.cache/sde_diffusion/tune-references), then the RMSE on the
 benchmark's own x_T (seeds 0..n-1, sample k = first ``randn`` of a generator seeded k, as the committed
 ``benchmarks/results`` run) against the benchmark's cached reference solve, so the number sits beside
-diffusers' rows of ``benchmarks/results/results.csv``: the script prints diffusers' best at 2 x NFE.
+diffusers' rows of ``benchmarks/results/results.csv`` (as committed in 9a133d8): the script prints diffusers' best at 2 x NFE.
 Each result is appended to ``benchmarks/tuning/results.jsonl`` and (unless --no-ship) merged into
 ``sde_diffusion/assets/<model>/tuned.json`` (replacing the same solver/steps), atomically.
 """
@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from sde_diffusion.checkpoints import ASSETS_DIR, load_model
-from sde_diffusion.files import atomic_write_text, load_safetensors
+from sde_diffusion.files import atomic_write_text
 from sde_diffusion.sampling import sample
 from sde_diffusion.tuning import load_tuned, tune
 
@@ -33,17 +35,33 @@ BENCH = ROOT / "results"
 OUT = ROOT / "tuning" / "results.jsonl"
 
 
+# the committed benchmark run these numbers sit beside (its results.csv and cached reference solve)
+BENCH_COMMIT = "9a133d8"
+
+
+def _committed(path: str) -> bytes:
+    """A file of the committed benchmark run, from the working tree or else from git at BENCH_COMMIT."""
+    f = ROOT.parent / path
+    if f.is_file():
+        return f.read_bytes()
+    return subprocess.run(["git", "show", f"{BENCH_COMMIT}:{path}"], cwd=ROOT.parent, check=True,
+                          capture_output=True).stdout
+
+
 def bench_set(model, n: int = 128):
     """The committed benchmark's x_T (seed k -> first randn) and its cached reference solve."""
+    from safetensors.torch import load
+
     x = torch.stack([torch.randn(tuple(model.sample_shape), generator=torch.Generator().manual_seed(k)) for k in range(n)])
     sha = model.config["weights"]["sha256"][:16]
-    f = BENCH / "cache" / f"pf_dopri5_tol1e-06_digits-{sha}_seed0_n{n}.safetensors"
-    return x, load_safetensors(f)[0]["x"]
+    ref = load(_committed(f"benchmarks/results/cache/pf_dopri5_tol1e-06_digits-{sha}_seed0_n{n}.safetensors"))["x"]
+    return x, ref
 
 
 def diffusers_best(nfe: int):
     """(rmse, scheduler, spacing) of diffusers' best row at this NFE in the committed benchmark."""
-    rows = [r for r in csv.DictReader(open(BENCH / "results.csv")) if r["library"] == "diffusers"
+    text = _committed("benchmarks/results/results.csv").decode()
+    rows = [r for r in csv.DictReader(io.StringIO(text)) if r["library"] == "diffusers"
             and r["metric"] == "rmse_ref" and int(r["target_nfe"]) == nfe and int(r["nfe"]) <= nfe]
     if not rows:
         return None
@@ -60,6 +78,7 @@ def main(argv=None):
     p.add_argument("--validation", type=int, default=64)
     p.add_argument("--holdout", type=int, default=128)
     p.add_argument("--maxfev", type=int, default=300)
+    p.add_argument("--patience", type=int, default=4)
     p.add_argument("--option", action="append", default=[], help="solver option KEY=JSON for every tune")
     p.add_argument("--no-coefficients", action="store_true")
     p.add_argument("--no-ship", action="store_true")
@@ -74,7 +93,7 @@ def main(argv=None):
         for nfe in map(int, a.nfe.split(",")):
             t0 = time.perf_counter()
             r = tune(model, solver, nfe, calibration=a.calibration, validation=a.validation, holdout=a.holdout,
-                     maxfev=a.maxfev, cache=cache, options=opts, coefficients=False if a.no_coefficients else None,
+                     maxfev=a.maxfev, patience=a.patience, cache=cache, options=opts, coefficients=False if a.no_coefficients else None,
                      progress=True)
             r["model"] = a.model
             out = sample(model, x_b, solver=solver, tuned=r).samples

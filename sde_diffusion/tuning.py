@@ -202,8 +202,10 @@ def standard_coefficients(model, grid: torch.Tensor, lower_order_final: bool = T
 class _Problem:
     """Maps a flat parameter vector to (grid, solver options)."""
 
-    def __init__(self, model, solver, steps, t_start, free_start, learn_coefficients, options):
+    def __init__(self, model, solver, steps, t_start, free_start, learn_coefficients, options, learn_shifts=False):
         self.model, self.solver, self.K = model, solver, steps
+        self.shift = bool(learn_shifts)
+        self.lam_top = float(_lam(model, 1.0))
         self.t_start, self.free = float(t_start), bool(free_start)
         self.lam0 = float(_lam(model, self.t_start))
         self.coef = bool(learn_coefficients)
@@ -215,16 +217,21 @@ class _Problem:
         if float(grid[-2]) <= 0:
             raise ValueError("collapsed grid")
         opts = dict(self.options)
+        n = self.n_grid
         if self.coef:
-            w = standard_coefficients(self.model, grid, self.options.get("lower_order_final", True)) + p[self.n_grid:]
+            w = standard_coefficients(self.model, grid, self.options.get("lower_order_final", True)) + p[n:n + self.K - 1]
             opts["coefficients"] = [float(v) for v in w]
+            n += self.K - 1
+        if self.shift:  # network times: the grid's log-SNR + a learned offset, kept at t <= 1
+            lam = np.maximum(np.atleast_1d(_lam(self.model, grid[:-1])) + p[n:n + self.K], self.lam_top)
+            te = self.model.sde.t_from_log_snr(torch.as_tensor(lam, dtype=torch.float64)).reshape(-1)
+            opts["eval_times"] = [min(max(float(t), 1e-6), 1.0) for t in te]
         return grid, opts
 
-    def pack(self, grid: torch.Tensor, offsets=None) -> np.ndarray:
+    def pack(self, grid: torch.Tensor) -> np.ndarray:
         u = _u_from_grid(self.model, grid, self.lam0, self.free)
-        if not self.coef:
-            return u
-        return np.concatenate([u, np.zeros(self.K - 1) if offsets is None else np.asarray(offsets, dtype=np.float64)])
+        parts = [u] + ([np.zeros(self.K - 1)] if self.coef else []) + ([np.zeros(self.K)] if self.shift else [])
+        return np.concatenate(parts)
 
 
 def _rmse(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -282,7 +289,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
          holdout: int = 128, x_T: Optional[torch.Tensor] = None, reference: Optional[torch.Tensor] = None,
          x_val: Optional[torch.Tensor] = None, reference_val: Optional[torch.Tensor] = None,
          x_holdout: Optional[torch.Tensor] = None, reference_holdout: Optional[torch.Tensor] = None,
-         coefficients: Optional[bool] = None, free_start: Optional[bool] = True, inits: Optional[Sequence[str]] = None,
+         coefficients: Optional[bool] = None, time_shifts: bool = False, free_start: Optional[bool] = True, inits: Optional[Sequence[str]] = None,
          options: Optional[dict] = None, maxfev: int = 300, patience: int = 2, optimizer: str = "lm", cache=None,
          cond: Optional[dict] = None, guidance: Optional[float] = None, progress: bool = False) -> dict:
     """Learn a ``nfe``-evaluation configuration of ``solver`` for ``model`` (module docstring: method).
@@ -316,6 +323,8 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     if coefficients and not takes:
         raise ValueError(f"solver {name!r} takes no per-step coefficients; coefficient solvers: {', '.join(sorted(COEFFICIENT_SOLVERS))}")
     learn_coef = takes if coefficients is None else bool(coefficients)
+    if time_shifts and "eval_times" not in __import__("inspect").signature(fn).parameters:
+        raise ValueError(f"solver {name!r} takes no eval_times (time shifts); solvers that do: {', '.join(sorted(COEFFICIENT_SOLVERS))}")
     from .sampling import _check_options
 
     _check_options(name, fn, options)
@@ -394,7 +403,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
             continue
         init = min(cands, key=cands.get)
         init_grid = starts[init]
-        prob = _Problem(model, name, steps, 1.0, free, learn_coef, options)
+        prob = _Problem(model, name, steps, 1.0, free, learn_coef, options, learn_shifts=time_shifts)
         p0 = prob.pack(init_grid)
         if free:  # a start at t = 1 sits where softplus is flat: begin a little inside so it can move
             p0[0] = max(p0[0], -3.0)
@@ -494,6 +503,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
         "model_sha256": model_fingerprint(model),
         "method": ("grid (log-SNR increments" + (", free start" if pick["free_start"] else "") + ")"
                    + (" + per-step dpmpp_2m weights" if learn_coef else "")
+                   + (" + per-step network-time shifts" if time_shifts else "")
                    + ("; Levenberg-Marquardt" if optimizer == "lm" else "; Powell") + " on calibration RMSE, "
                    "early stopping on validation RMSE"),
         "parameters": pick["parameters"],
@@ -636,6 +646,9 @@ def load_tuned_grid(model_name_or_dir, solver: str, steps: int) -> torch.Tensor:
     configs = load_tuned(f)
     for c in configs:
         if c["solver"] == solver and int(c["steps"]) == int(steps) and c.get("guidance") in (None, 1, 1.0):
+            if c["options"].get("coefficients") is not None:
+                raise ValueError(f"tuned {solver}/{steps} in {f} has learned per-step coefficients: the grid alone is "
+                                 "not the tuned solver; use resolve_tuned (grid + options) or sample(spacing='tuned')")
             return check_grid(c["ts"])
     raise ValueError(f"no tuned grid {solver}/{steps} in {f}; available: {', '.join(_key(c) for c in configs)}")
 

@@ -179,7 +179,8 @@ def _multistep_order(order, i, K, t, lower_order_final):
     return p
 
 
-def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight=2.0, coefficients=None):
+def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight=2.0, coefficients=None,
+                     eval_times=None):
     sde = model.sde
     K = len(ts) - 1
     lams, x0s = [], []  # lambda and x0 at previous grid points, newest last
@@ -187,7 +188,7 @@ def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight
         s, t = float(ts[i]), float(ts[i + 1])
         a_s, s_s, l_s = _coefs(sde, s)
         a_t, s_t, l_t = _coefs(sde, t)
-        m0 = model.predict(x, s).x0
+        m0 = model.predict(x, s if eval_times is None else eval_times[i]).x0
         p = _multistep_order(order, i, K, t, lower_order_final)
         if coefficients is not None and i > 0:  # learned weight w of (m0 - m_prev), also on a step to t = 0
             phi_1 = -1.0 if t == 0 else math.expm1(-(l_t - l_s))
@@ -223,7 +224,7 @@ def _dpmpp_multistep(model, x, ts, callback, order, lower_order_final, d2_weight
 @solver(order=2, nfe="K", default_spacing="logsnr", stochastic=False, adaptive=False,
         peers=("diffusers.DPMSolverMultistepScheduler",), order_options={"lower_order_final": False})
 def dpmpp_2m(model, x, ts, *, noise, callback=None, lower_order_final: bool = True,
-             coefficients: Optional[Sequence[float]] = None):
+             coefficients: Optional[Sequence[float]] = None, eval_times: Optional[Sequence[float]] = None):
     """Multistep DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction, NFE = K:
     x_t = (sigma_t/sigma_s) x - alpha_t (e^{-h} - 1) [x0_s + (x0_s - x0_prev)/(2 r)], r = h_prev/h.
     First order on the first step and on a final step to t = 0; with ``lower_order_final`` also on the
@@ -232,13 +233,20 @@ def dpmpp_2m(model, x, ts, *, noise, callback=None, lower_order_final: bool = Tr
     ``coefficients``: K - 1 per-step weights w_i replacing 1/(2 r) in step i = 1 .. K-1, including a
     step to t = 0, where x_0 = x0_s + w (x0_s - x0_prev) (learned by ``sde_diffusion.tuning``, after
     Shaul et al. 2024, Bespoke solvers, eq. 12); ``tuning.standard_coefficients`` reproduces the default.
+    ``eval_times``: K times in (0, 1] at which the network is evaluated in step i instead of ts[i] (the
+    time-shifted evaluation of Li et al. 2024, "Alleviating exposure bias ... shifted time steps").
     """
     if coefficients is not None:
         coefficients = [float(w) for w in coefficients]
         if len(coefficients) != len(ts) - 2 or not all(math.isfinite(w) for w in coefficients):
             raise ValueError(f"coefficients must be {len(ts) - 2} finite numbers (one per step after the first), "
                              f"got {len(coefficients)}")
-    return _dpmpp_multistep(model, x, ts, callback, 2, lower_order_final, coefficients=coefficients)
+    if eval_times is not None:
+        eval_times = [float(t) for t in eval_times]
+        if len(eval_times) != len(ts) - 1 or not all(0 < t <= 1 for t in eval_times):
+            raise ValueError(f"eval_times must be {len(ts) - 1} times in (0, 1] (one per step), got {len(eval_times)}")
+    return _dpmpp_multistep(model, x, ts, callback, 2, lower_order_final, coefficients=coefficients,
+                            eval_times=eval_times)
 
 
 _3M_VARIANTS = {"taylor": 2.0, "diffusers": 1.0}
