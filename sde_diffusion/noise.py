@@ -53,8 +53,7 @@ class _Seeded:
     def _next(self, stream: Stream) -> torch.Tensor:
         step = self._calls[stream]
         self._calls[stream] = step + 1
-        z = _normals(self._keys, stream, [step], self._numel)
-        return z.reshape(self.shape).to(self.dtype)
+        return _normals(self._keys, stream, [step], self._numel, self.dtype).reshape(self.shape)
 
 
 class GaussianNoise(NoiseSource):

@@ -19,12 +19,13 @@ Counter-based noise (``counter_randn``)
     (tested); (b) the integer hash is bitwise identical on every device: it uses only int64
     add, multiply, xor, and, arithmetic shift (logical shifts are emulated by masking), which
     torch computes modulo 2**64 on CPU and CUDA alike (tested against a pure-Python reference and
-    SplitMix64's published outputs); (c) the float transform (log, sqrt, cos, sin in float64) uses
-    each device's math library, which may differ by an ulp of float64; after the cast to float32
-    that changes a value only when it lies within about 1e-16 relative of a float32 rounding
-    boundary, so CPU and CUDA noise is equal to float64 rounding, and in float32 equal except for
-    such rare last-bit differences (the CUDA test in tests/test_randomness.py measures it
-    where a GPU exists; none was available when this was written).
+    SplitMix64's published outputs); (c) the float transform uses IEEE add/multiply, an exact sqrt
+    and table values made on the CPU (cos and sin, see ``_box_muller``), plus one ``log`` from the
+    device's math library, which can differ by an ulp of float64 between CPU and CUDA. So float64
+    noise agrees across devices to about 1e-16 relative, and float32 noise is bitwise equal except
+    where a float64 value lies within that distance of a float32 rounding boundary (about one
+    value in 10**8). tests/test_randomness.py checks this on CUDA where a GPU exists; none was
+    available when this was written, so it has not been observed.
 
 Streams (``Stream``)
     Every consumer of seeded randomness has its own stream number, so x_T, per-step noise,
@@ -40,6 +41,7 @@ from __future__ import annotations
 import enum
 import math
 import operator
+import threading
 from typing import Optional, Sequence, Union
 
 import torch
@@ -127,16 +129,16 @@ _MASK = {r: (1 << (64 - r)) - 1 for r in (27, 30, 31, 32)}
 _STREAM_SHIFT = 48  # word = stream * 2**48 + step: steps must be < 2**48
 
 
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's output function on int64 bits, in place (z must be a fresh tensor)."""
-    t = z >> 30
-    z ^= t.bitwise_and_(_MASK[30])
-    z *= _M1
-    t = z >> 27
-    z ^= t.bitwise_and_(_MASK[27])
-    z *= _M2
-    t = z >> 31
-    z ^= t.bitwise_and_(_MASK[31])
+def _mix(z: torch.Tensor, t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SplitMix64's output function on int64 bits, in place on z (a fresh tensor); ``t`` is an optional
+    int64 scratch tensor like z. (In-place ops and one scratch buffer: on a CPU a fresh large tensor
+    per operation costs more in page faults than the arithmetic.)"""
+    t = torch.empty_like(z) if t is None else t
+    for shift, mult in ((30, _M1), (27, _M2), (31, None)):
+        torch.bitwise_right_shift(z, shift, out=t)
+        z ^= t.bitwise_and_(_MASK[shift])  # logical shift: clear the copied sign bits
+        if mult is not None:
+            z *= mult
     return z
 
 
@@ -170,27 +172,87 @@ def _counters(pairs: int, device) -> torch.Tensor:
     return c
 
 
-def _hash_bits(keys: torch.Tensor, words: torch.Tensor, pairs: int) -> torch.Tensor:
+_WORKSPACE = threading.local()
+_WORKSPACE_MAX = 1 << 18  # pairs; larger draws allocate their scratch afresh
+
+
+def _scratch(shape, device) -> tuple:
+    """Scratch tensors for one draw of ``shape`` pairs: 2 int64 and 7 float64, reused between calls of
+    the same shape and device in this thread (on a CPU the first touch of fresh memory costs more
+    than the arithmetic; the returned noise never aliases them)."""
+    shape, n = tuple(shape), math.prod(shape)
+    key = (shape, str(device))
+    ws = getattr(_WORKSPACE, "entry", None)
+    if ws is not None and ws[0] == key:
+        return ws[1]
+    bufs = tuple(torch.empty(shape, dtype=torch.int64, device=device) for _ in range(2)) + \
+        tuple(torch.empty(shape, dtype=torch.float64, device=device) for _ in range(7))
+    if n <= _WORKSPACE_MAX:
+        _WORKSPACE.entry = (key, bufs)
+    return bufs
+
+
+def _hash_bits(keys: torch.Tensor, words: torch.Tensor, pairs: int, out=None, scratch=None) -> torch.Tensor:
     """64 random bits per (sample, step, pair): int64 (B, L, pairs)."""
     k = _mix(keys[:, None] ^ words.to(keys.device)[None, :])  # (B, L)
-    return _mix(k[:, :, None] + _counters(pairs, keys.device))
+    z = torch.add(k[:, :, None], _counters(pairs, keys.device), out=out)
+    return _mix(z, scratch)
 
 
-def _box_muller(h: torch.Tensor, numel: int) -> torch.Tensor:
-    """Two float64 normals per 64-bit word; element 2c = r cos, 2c + 1 = r sin; (..., numel)."""
-    hi = (h >> 32).to(torch.float64)  # signed high word in [-2**31, 2**31)
-    lo = h.bitwise_and_(0xFFFFFFFF).to(torch.float64)
-    # u1 = (hi + 2**31 + 1/2) 2**-32 in (0, 1);  r = sqrt(-2 log u1)
-    r = hi.add_(2.0**31 + 0.5).log_().sub_(32 * math.log(2.0)).mul_(-2.0).sqrt_()
-    theta = lo.mul_(2.0 * math.pi * 2.0**-32)
-    out = torch.stack((torch.cos(theta).mul_(r), theta.sin_().mul_(r)), dim=-1)
-    return out.reshape(*h.shape[:-1], 2 * h.shape[-1])[..., :numel]
+_TABLE_BITS = 10
+_TABLES: dict = {}
 
 
-def _normals(keys: torch.Tensor, stream: int, steps, numel: int) -> torch.Tensor:
-    """float64 normals (B, L, numel) for sample keys (B,) and steps (L,)."""
+def _sincos_table(device):
+    """cos, sin of 2 pi i / 2**10 (i < 2**10), float64: computed once on the CPU and copied, so every
+    device uses the same bits."""
+    key = str(device)
+    t = _TABLES.get(key)
+    if t is None:
+        ang = torch.arange(1 << _TABLE_BITS, dtype=torch.float64) * (2.0 * math.pi / (1 << _TABLE_BITS))
+        t = _TABLES[key] = (torch.cos(ang).to(device), torch.sin(ang).to(device))
+    return t
+
+
+def _box_muller(h: torch.Tensor, bufs: tuple, dtype) -> torch.Tensor:
+    """Two normals per 64-bit word h (consumed), as ``dtype`` (..., 2 * pairs): element 2c = r cos,
+    2c + 1 = r sin, computed in float64 and rounded once to ``dtype``.
+
+    r = sqrt(-2 log u1) with u1 = (hi + 2**31 + 1/2) 2**-32, hi the signed high word. cos and sin of
+    theta = 2 pi lo 2**-32 (lo the low word) use IEEE add/multiply only: theta = a + d with
+    a = 2 pi (lo >> 22) / 2**10 from a table made on the CPU, d < 2 pi / 2**10 (= 0.0061) by Taylor
+    polynomials (truncation < 6e-20 for cos d, < 1e-19 relative for sin d), then the angle-sum
+    formulas; measured within 7e-16 of the exact values, like libm. So device libm trigonometry
+    (which differs between CPU and CUDA, and is a slow scalar loop in float64 on some CPUs) never
+    enters; only ``log`` (<= 1 ulp apart between libraries) and ``sqrt`` (exact) do.
+    """
+    ti, r, ca, sa, d, s, cd, sd = bufs
+    r.copy_(torch.bitwise_right_shift(h, 32, out=ti))
+    r.add_(2.0**31 + 0.5).log_().sub_(32 * math.log(2.0)).mul_(-2.0).sqrt_()
+    h.bitwise_and_(0xFFFFFFFF)  # lo
+    ct, st = _sincos_table(h.device)
+    torch.bitwise_right_shift(h, 32 - _TABLE_BITS, out=ti)  # table index
+    torch.index_select(ct, 0, ti.view(-1), out=ca.view(-1))
+    torch.index_select(st, 0, ti.view(-1), out=sa.view(-1))
+    d.copy_(h.bitwise_and_((1 << (32 - _TABLE_BITS)) - 1)).mul_(2.0 * math.pi * 2.0**-32)
+    torch.mul(d, d, out=s)
+    torch.mul(s, -1.0 / 720, out=cd).add_(1.0 / 24).mul_(s).add_(-0.5).mul_(s).add_(1.0)  # cos d
+    torch.mul(s, 1.0 / 120, out=sd).add_(-1.0 / 6).mul_(s).add_(1.0).mul_(d)  # sin d
+    out = torch.empty(*h.shape, 2, dtype=dtype, device=h.device)
+    torch.mul(ca, cd, out=d).sub_(torch.mul(sa, sd, out=s))  # cos(a + d)
+    torch.mul(d, r, out=out[..., 0])
+    sa.mul_(cd).add_(ca.mul_(sd))  # sin(a + d)
+    torch.mul(sa, r, out=out[..., 1])
+    return out.view(*h.shape[:-1], 2 * h.shape[-1])
+
+
+def _normals(keys: torch.Tensor, stream: int, steps, numel: int, dtype=torch.float64) -> torch.Tensor:
+    """Normals (B, L, numel) as ``dtype`` for sample keys (B,) and steps (L,)."""
     words = _step_words(stream, steps)
-    return _box_muller(_hash_bits(keys, words, (numel + 1) // 2), numel)
+    shape = (keys.shape[0], words.numel(), (numel + 1) // 2)
+    h, t, *f64 = _scratch(shape, keys.device)
+    h = _hash_bits(keys, words, shape[2], out=h, scratch=t)
+    return _box_muller(h, (t, *f64), dtype)[..., :numel]
 
 
 def counter_randn(seeds: Seeds, shape, stream: int, step: int = 0, *, dtype=torch.float32,
@@ -206,8 +268,7 @@ def counter_randn(seeds: Seeds, shape, stream: int, step: int = 0, *, dtype=torc
         raise ValueError("shape needs a batch dimension")
     s = seed_tensor(seeds, shape[0], device=device)
     numel = math.prod(shape[1:])
-    z = _normals(_sample_keys(s), stream, [step], numel)
-    return z.reshape(shape).to(dtype)
+    return _normals(_sample_keys(s), stream, [step], numel, dtype).reshape(shape)
 
 
 def draw_x_T(shape, seed: Optional[Seeds] = None, generator: Generators = None, *, dtype=torch.float32,

@@ -295,11 +295,12 @@ def test_hash_bits_bitwise_equal_on_cuda():
 
 @CUDA
 def test_noise_on_cuda_equals_cpu():
-    """float64 normals to an ulp (device libm); float32 casts bitwise except at rounding boundaries."""
+    """float64 normals to an ulp or two (only log comes from the device libm); float32 bitwise except
+    where a value sits within ~1e-16 of a float32 rounding boundary."""
     shape = (512, 3, 16, 16)
     c64 = counter_randn(0, shape, Stream.STEP, 5, dtype=torch.float64)
     g64 = counter_randn(0, shape, Stream.STEP, 5, dtype=torch.float64, device="cuda").cpu()
-    torch.testing.assert_close(g64, c64, rtol=4e-16, atol=4e-16)
+    torch.testing.assert_close(g64, c64, rtol=1e-15, atol=1e-15)  # log may differ by an ulp
     mismatch = (counter_randn(0, shape, Stream.STEP, 5, device="cuda").cpu() != c64.float()).sum()
     assert int(mismatch) <= 2, f"{int(mismatch)} of {c64.numel()} float32 values differ"
 
