@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .randomness import Seeds, Stream, _normals, _sample_keys, randn, seed_tensor
+from .randomness import _WORKSPACE_MAX, Seeds, Stream, _normals, _sample_keys, randn, seed_tensor
 
 __all__ = ["NoiseSource", "GaussianNoise", "BrownianNoise", "make_noise", "NOISE_KINDS"]
 
@@ -125,7 +125,7 @@ class BrownianNoise(NoiseSource):
         """sum_n weight_n Z_n over the batch, float64 (B, numel); chunked to bound memory."""
         s = self._seeded
         out = torch.zeros(self.shape[0], s._numel, dtype=torch.float64, device=self.device)
-        chunk = max(1, (1 << 23) // max(1, self.shape[0] * s._numel))
+        chunk = max(1, _WORKSPACE_MAX // max(1, self.shape[0] * ((s._numel + 1) // 2)))  # nodes per draw
         for a in range(0, len(ids), chunk):
             z = _normals(s._keys, Stream.BROWNIAN, ids[a:a + chunk], s._numel)  # (B, n, numel)
             for i, w in enumerate(weights[a:a + chunk]):  # elementwise, in node order: batch- and device-exact

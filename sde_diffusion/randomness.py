@@ -182,13 +182,17 @@ def _scratch(shape, device) -> tuple:
     than the arithmetic; the returned noise never aliases them)."""
     shape, n = tuple(shape), math.prod(shape)
     key = (shape, str(device))
-    ws = getattr(_WORKSPACE, "entry", None)
-    if ws is not None and ws[0] == key:
-        return ws[1]
+    cache = getattr(_WORKSPACE, "cache", None)
+    if cache is None:
+        cache = _WORKSPACE.cache = {}
+    if key in cache:
+        return cache[key]
     bufs = tuple(torch.empty(shape, dtype=torch.int64, device=device) for _ in range(2)) + \
         tuple(torch.empty(shape, dtype=torch.float64, device=device) for _ in range(7))
     if n <= _WORKSPACE_MAX:
-        _WORKSPACE.entry = (key, bufs)
+        if len(cache) >= 3:  # a few shapes (e.g. full and last chunk of a Brownian query)
+            cache.pop(next(iter(cache)))
+        cache[key] = bufs
     return bufs
 
 
