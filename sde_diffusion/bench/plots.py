@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .report import NOT_RANKED
 from .score import HIGHER_IS_BETTER
 
 __all__ = ["plot_all", "save_grid_png", "FAMILIES", "family_of", "MAX_PX"]
@@ -143,8 +144,10 @@ def plot_best(out: Path, rows: list, metric: str, guidance=None) -> Path:
         for r in best:
             fam = family_of(r["solver"])
             ax.plot([r["target_nfe"]], [r["value"]], marker=mk, ms=7, color=_colour(fam), mec="k", mew=0.6, zorder=3)
+            last = r["target_nfe"] == nfes[-1]
             ax.annotate(f"{r['solver']}, {r['spacing']}", (r["target_nfe"], r["value"]), textcoords="offset points",
-                        xytext=(6, 6 if lib == "sde_diffusion" else -11), fontsize=6, color=col, clip_on=True)
+                        xytext=(-7 if last else 7, -12 if lib == "sde_diffusion" else 7), ha="right" if last else "left",
+                        fontsize=6.5, color=col, clip_on=True)
             shown.append(fam)
         allvals += ys + lo + hi
         ax.plot([], [], ls=ls, color=col, label="sde_diffusion (ours)" if lib == "sde_diffusion" else "diffusers")
@@ -176,17 +179,25 @@ def plot_every(out: Path, rows: list, metric: str, guidance=None) -> Path:
     fig, axes = plt.subplots(nrow, ncol, figsize=(13, 3.6 * nrow), squeeze=False, layout="constrained")
     logy = low and all(r["value"] > 0 for r in sel)
     nfes = sorted({r["target_nfe"] for r in sel})
+    from matplotlib.lines import Line2D
+
+    markers = "o^vDPsX*<>hd"
+    spacings_used = {}
     for ax, fam in zip(axes.flat, fams):
         series = {}
         for r in sel:
             if family_of(r["solver"]) == fam:
                 series.setdefault((r["library"], r["solver"], r["spacing"]), []).append(r)
+        solvers = sorted({(lib, sol) for lib, sol, _ in series})
+        mark = {k: markers[i % len(markers)] for i, k in enumerate(solvers)}
         for (lib, sol, sp), rs in sorted(series.items()):
             rs.sort(key=lambda r: r["target_nfe"])
             col = SPACING_COLOURS.get(sp, "#bcbd22")
+            spacings_used[sp] = col
             ax.plot([r["target_nfe"] for r in rs], [r["value"] for r in rs], ls="--" if lib == "diffusers" else "-",
-                    marker="s" if lib == "diffusers" else "o", ms=3, lw=1, color=col,
-                    label=f"{'diffusers ' if lib == 'diffusers' else ''}{sol}, {sp}")
+                    marker=mark[(lib, sol)], ms=3.5, lw=0.9, color=col, alpha=0.9)
+        handles = [Line2D([], [], color="k", ls="--" if lib == "diffusers" else "-", marker=mark[(lib, sol)], ms=4, lw=0.8,
+                          label=f"{'diffusers ' if lib == 'diffusers' else ''}{sol}") for lib, sol in solvers]
         _references(ax, rows, metric, guidance, logy)
         if logy:
             ax.set_yscale("log")
@@ -194,11 +205,13 @@ def plot_every(out: Path, rows: list, metric: str, guidance=None) -> Path:
         if nfes:
             _nfe_axis(ax, nfes)
         ax.set_title(fam, fontsize=9, color=_colour(fam))
-        ax.legend(fontsize=5, loc="best", ncol=2, framealpha=0.8)
+        ax.legend(handles=handles, fontsize=5.5, loc="best", ncol=1 if len(handles) < 6 else 2, framealpha=0.8)
         ax.grid(True, alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(fams):]:
         ax.set_visible(False)
+    fig.legend(handles=[Line2D([], [], color=c, lw=2, label=sp) for sp, c in spacings_used.items()], loc="outside lower center",
+               ncol=len(spacings_used), fontsize=7, title="spacing (colour)", title_fontsize=7)
     w = "" if guidance is None else f", guidance {guidance:g}"
     fig.suptitle(f"{metric} vs NFE, every configuration{w} (ours solid, diffusers dashed; colour = spacing; "
                  f"y axis clipped to the useful range)", fontsize=9)
@@ -272,7 +285,8 @@ def plot_all(out: Path, rows: list, samples: dict) -> list:
         for metric in sorted({r["metric"] for r in rows if r["role"] == "solver"}):
             if not _sel(rows, metric, g):
                 continue
-            paths.append(plot_best(out, rows, metric, g))
+            if metric not in NOT_RANKED:
+                paths.append(plot_best(out, rows, metric, g))
             paths.append(plot_every(out, rows, metric, g))
         if any(r["metric"] == "rmse_ref" for r in rows):
             p = plot_samples(out, rows, samples, guidance=g)
