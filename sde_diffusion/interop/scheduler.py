@@ -374,6 +374,7 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self.order = max(1, math.ceil(len(times) / K))
         n = self.sde.timestep_of(times)  # what the net receives from sample(): n = t N - 1, cast to float32
         self.timesteps = n.to(dtype=torch.float32, device=device)
+        self._n = n.to(torch.float32).tolist()  # the same values as Python floats, for cheap checks in step()
         self._begin, self._done, self._failed = 0, 0, None
 
     @property
@@ -389,6 +390,8 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
         """Start the solve at ``timesteps[begin_index]`` (img2img with strength < 1): it must be the first
         evaluation of a grid step; the solver then runs on the grid from that step on."""
         if self.timesteps is None:
+            if begin_index == 0:  # nothing to do: every solve starts at its first evaluation
+                return
             raise ValueError("call set_timesteps() before set_begin_index()")
         if begin_index not in self._starts:
             raise ValueError(f"begin_index {begin_index} is not the first evaluation of a grid step of solver "
@@ -434,10 +437,15 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
                              "call set_timesteps() to start another")
         if not isinstance(sample, torch.Tensor) or not isinstance(model_output, torch.Tensor):
             raise ValueError("model_output and sample must be tensors")
-        given = torch.as_tensor(timestep).detach().flatten()
-        expected = float(self.timesteps[i])
-        if given.numel() < 1 or (given.float().cpu() - expected).abs().max() > _N_TOL:
-            raise ValueError(f"step() got timestep {given.tolist()[:4] if given.numel() != 1 else float(given)}, expected "
+        expected = self._n[i]
+        if isinstance(timestep, (int, float)) or (isinstance(timestep, torch.Tensor) and timestep.numel() == 1):
+            given = float(timestep)
+            wrong = abs(given - expected) > _N_TOL
+        else:
+            given = torch.as_tensor(timestep).detach().flatten()
+            wrong = given.numel() < 1 or bool((given.float().cpu() - expected).abs().max() > _N_TOL)
+        if wrong:
+            raise ValueError(f"step() got timestep {given if isinstance(given, float) else given.tolist()[:4]}, expected "
                              f"{expected:.6g} = timesteps[{i}]: call step() once per entry of scheduler.timesteps, in order")
         model_output = self._mean_output(model_output, sample)
         if isinstance(generator, (list, tuple)) and len(generator) != sample.shape[0]:
@@ -469,11 +477,11 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
             self._fail(repr(err))
             raise err
         if kind == "eval":
-            n_req = float(self._run.pending[2].flatten()[0])
-            if abs(n_req - float(self.timesteps[i + 1])) > _N_TOL:  # cannot happen for a fixed-grid solver
+            n_req = float(self._run.pending[2][0])
+            if abs(n_req - self._n[i + 1]) > _N_TOL:  # cannot happen for a fixed-grid solver
                 self._fail("evaluation times differ from the dry run")
                 raise RuntimeError(f"solver {self.config.solver!r} asked for timestep {n_req:.6g}, but the dry run "
-                                   f"planned {float(self.timesteps[i + 1]):.6g}; its times depend on the values")
+                                   f"planned {self._n[i + 1]:.6g}; its times depend on the values")
         elif self._begin + self._done != len(self.timesteps):
             self._fail("the solver finished early")
             raise RuntimeError(f"solver {self.config.solver!r} finished after {self._done} evaluations, the dry run "
