@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from .adams import warmup_times
 from .ancestral_steps import _check_eta, _ve, ancestral_split
 from .spec import solver
 
@@ -106,9 +107,10 @@ _3M_SDE_VARIANTS = ("taylor", "k-diffusion")
 
 @solver(order=3, nfe="K", default_spacing="logsnr", stochastic=True, adaptive=False,
         peers=("k_diffusion.sample_dpmpp_3m_sde",), order_options={"eta": 0.0, "lower_order_final": False},
-        variants=(("k-diffusion", {"eta": 0.0, "lower_order_final": False, "variant": "k-diffusion"}, 2),))
+        variants=(("k-diffusion", {"eta": 0.0, "lower_order_final": False, "variant": "k-diffusion"}, 2),
+                  ("warmup=refined", {"eta": 0.0, "lower_order_final": False, "warmup": "refined"}, 3)))
 def dpmpp_3m_sde(model, x, ts, *, noise, callback=None, eta: float = 1.0, S_noise: float = 1.0,
-                 lower_order_final: bool = True, variant: str = "taylor"):
+                 lower_order_final: bool = True, variant: str = "taylor", warmup: str = "plain"):
     """Third-order multistep SDE-DPM-Solver++ (the update of the module docstring), NFE = K:
         x_t = (sigma_t/sigma_s) e^{-eta h} x + alpha_t (1 - e^{-H}) x0 + alpha_t phi_2(H) D1 - w alpha_t phi_3(H) D2
               + S_noise sigma_t sqrt(1 - e^{-2 eta h}) z,   H = (1 + eta) h,  z = noise.interval(s, t),
@@ -119,52 +121,59 @@ def dpmpp_3m_sde(model, x, ts, *, noise, callback=None, eta: float = 1.0, S_nois
     ``variant="k-diffusion"``: w = 1 and phi_2(H) D1 on the second step, as k-diffusion's
     ``sample_dpmpp_3m_sde`` (order 2 at eta = 0). ``lower_order_final`` (default True, as ``dpmpp_3m``): on
     grids of fewer than 15 steps the last two steps use orders 2 and 1.
+    ``warmup="refined"``: one extra evaluation inside the first interval (``adams.warmup_times``), so the
+    first-order first step no longer limits the global order to 2 on a generic net (NFE = K + 1 when the
+    first step is shorter than 1 in lambda).
     """
     _check_eta(eta, S_noise)
     if variant not in _3M_SDE_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(_3M_SDE_VARIANTS)}, got {variant!r}")
+    if warmup not in ("plain", "refined"):
+        raise ValueError(f"warmup must be one of plain, refined, got {warmup!r}")
     w = 2.0 if variant == "taylor" else 1.0
     sde = model.sde
     K = len(ts) - 1
-    lams, x0s = [], []  # lambda and x0 at the previous grid points, newest last
+    lams, x0s = [], []  # lambda and x0 at the previous evaluation points, newest last
     for i in range(K):
-        s, t = float(ts[i]), float(ts[i + 1])
-        a_s, s_s, l_s = _coefs(sde, s)
-        a_t, s_t, l_t = _coefs(sde, t)
-        m0 = model.predict(x, s).x0
-        p = min(3, i + 1)
-        if t == 0 or (lower_order_final and K < 15 and i == K - 1):
-            p = 1
-        elif lower_order_final and K < 15 and i == K - 2:
-            p = min(p, 2)
-        if t == 0:
-            x = m0
-        else:
-            h = l_t - l_s
-            H = (1.0 + eta) * h
-            decay = math.exp(-eta * h) if eta > 0 else 1.0  # (eta h = 0 * inf from alpha = 0)
-            one_m = -math.expm1(-H)  # 1 - e^{-H}
-            phi_2 = 1.0 - one_m / H if math.isfinite(H) else 1.0
-            x_new = (s_t / s_s * decay) * x + (a_t * one_m) * m0
-            if p >= 2:
-                r0 = (l_s - lams[-1]) / h  # (a history point at alpha = 0 has lambda = -inf: r0 = inf, term 0)
-                d1_0 = (m0 - x0s[-1]) / r0
-            if p == 2:
-                if variant == "taylor":
-                    x_new = x_new + (0.5 * a_t * one_m) * d1_0
-                else:
-                    x_new = x_new + (a_t * phi_2) * d1_0
-            elif p == 3:
-                r1 = (lams[-1] - lams[-2]) / h
-                d1_1 = (x0s[-1] - x0s[-2]) / r1
-                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_3 = phi_2 / H - 0.5
-                x_new = x_new + (a_t * phi_2) * d1 - (w * a_t * phi_3) * d2
-            if eta > 0:
-                x_new = x_new + (S_noise * s_t * math.sqrt(-math.expm1(-2.0 * eta * h))) * noise.interval(s, t)
-            x = x_new
-        lams, x0s = (lams + [l_s])[-2:], (x0s + [m0])[-2:]
+        s0, t0 = float(ts[i]), float(ts[i + 1])
+        sub = warmup_times(sde, s0, t0, 3) if (warmup == "refined" and i == 0) else []
+        for s, t in zip([s0] + sub, sub + [t0]):  # one step, or the refined warm-up's sub-steps
+            a_s, s_s, l_s = _coefs(sde, s)
+            a_t, s_t, l_t = _coefs(sde, t)
+            m0 = model.predict(x, s).x0
+            p = min(3, len(lams) + 1)
+            if t == 0 or (lower_order_final and K < 15 and i == K - 1):
+                p = 1
+            elif lower_order_final and K < 15 and i == K - 2:
+                p = min(p, 2)
+            if t == 0:
+                x = m0
+            else:
+                h = l_t - l_s
+                H = (1.0 + eta) * h
+                decay = math.exp(-eta * h) if eta > 0 else 1.0  # (eta h = 0 * inf from alpha = 0)
+                one_m = -math.expm1(-H)  # 1 - e^{-H}
+                phi_2 = 1.0 - one_m / H if math.isfinite(H) else 1.0
+                x_new = (s_t / s_s * decay) * x + (a_t * one_m) * m0
+                if p >= 2:
+                    r0 = (l_s - lams[-1]) / h  # (a history point at alpha = 0 has lambda = -inf: r0 = inf, term 0)
+                    d1_0 = (m0 - x0s[-1]) / r0
+                if p == 2:
+                    if variant == "taylor":
+                        x_new = x_new + (0.5 * a_t * one_m) * d1_0
+                    else:
+                        x_new = x_new + (a_t * phi_2) * d1_0
+                elif p == 3:
+                    r1 = (lams[-1] - lams[-2]) / h
+                    d1_1 = (x0s[-1] - x0s[-2]) / r1
+                    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                    d2 = (d1_0 - d1_1) / (r0 + r1)
+                    phi_3 = phi_2 / H - 0.5
+                    x_new = x_new + (a_t * phi_2) * d1 - (w * a_t * phi_3) * d2
+                if eta > 0:
+                    x_new = x_new + (S_noise * s_t * math.sqrt(-math.expm1(-2.0 * eta * h))) * noise.interval(s, t)
+                x = x_new
+            lams, x0s = (lams + [l_s])[-2:], (x0s + [m0])[-2:]
         if callback is not None:
-            callback(dict(i=i, t=t, x=x, x0=m0))
+            callback(dict(i=i, t=t0, x=x, x0=m0))
     return x
