@@ -373,7 +373,7 @@ def ts_from_sigmas(sde: VPSDE, sigmas) -> torch.Tensor:
                          f"sigmas[{i + 1}]={float(sg[i + 1])!r}")
     top = sde.sigma_ve(1.0) if sde.alpha(1.0) > 0 else math.inf
     if float(sg[0]) > top * (1 + 1e-12):
-        raise ValueError(f"sigmas[0]={float(sg[0])!r} exceeds the largest noise level of {sde!r} (sigma={top!r} at t=1)")
+        raise ValueError(f"sigmas[0]={float(sg[0])!r} exceeds the largest noise level of {sde!r} (sigma={top:.6g} at t=1)")
     lam = torch.where(sg > 0, -torch.log(sg.clamp(min=1e-300)), torch.full_like(sg, math.inf))
     ts = torch.as_tensor(sde.t_from_log_snr(lam), dtype=_F64).clamp(0, 1)
     if not (ts[1:] < ts[:-1]).all():
