@@ -7,4 +7,6 @@ Kept import-free: ``import sde_diffusion.interop.X`` loads only X and what it ne
     diffusers         diffusers models and pipeline folders -> NoisePredictor
     callables         ``module:attr`` / ``file.py:attr`` -> NoisePredictor
     peers             diffusers schedulers running their own loop on our NoisePredictor (benchmarks, tests)
+    scheduler         our solvers as a diffusers scheduler (for diffusers pipelines)
+    families          diffusers configs of VE / EDM / flow-matching schedulers -> Gaussian path families
 """

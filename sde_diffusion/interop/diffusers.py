@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..model import NoisePredictor
 from ..sde import VPSDE
-from .diffusers_config import (
+from .diffusers_config import (  # noqa: F401 - BETA_SCHEDULES re-exported
     BETA_SCHEDULES,
     betas_from_diffusers_config,
     config_of,
