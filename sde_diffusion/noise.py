@@ -19,7 +19,7 @@ t0 to t1, and ``noise.fresh()`` for noise not tied to an interval (Langevin corr
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
