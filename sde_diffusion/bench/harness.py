@@ -79,14 +79,15 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
               seed: int = 0, out_dir="runs/bench", quick: bool = False, peers=True, spacings=None,
               n_boot: Optional[int] = None, progress: bool = False, plots: bool = True, log=print, dist=None,
               cache_dirs: Sequence = (), device="cpu", guidance: Optional[Sequence[float]] = None,
-              ci_method: str = "BCa", command: Optional[str] = None, ref_tol: float = REF_TOL) -> list:
+              ci_method: Optional[str] = None, command: Optional[str] = None, ref_tol: float = REF_TOL) -> list:
     """Run (or resume) the benchmark; returns the flat metric rows (also written to ``out_dir``).
 
     ``model``: a spec for ``load_bench_model`` or a ``BenchModel``. ``solvers``: names in
-    ``SOLVERS`` (default all). ``nfes``: target NFEs (default 5, 10, 20 quick / 5, 10, 20, 50 full;
-    at most 1000). ``peers``: True (``QUICK_PEERS`` quick, all of ``peers.PEERS`` full), False, or a
+    ``SOLVERS`` (default all; quick mode leaves out the adaptive ones). ``nfes``: target NFEs
+    (default 5, 10 quick / 5, 10, 20, 50 full; at most 1000). ``peers``: True (``QUICK_PEERS`` quick, all of ``peers.PEERS`` full), False, or a
     list of names. ``spacings``: our spacings (default: quick = each solver's default, full =
-    ``OUR_SPACINGS``). ``n_boot``: bootstrap resamples (0 = no intervals). ``guidance``: scales for a
+    ``OUR_SPACINGS``). ``n_boot``: bootstrap resamples (0 = no intervals); ``ci_method``: "BCa" or
+    "percentile" (default: percentile in quick mode, BCa otherwise). ``guidance``: scales for a
     class-conditional model (sample k asks for class k mod C). ``cache_dirs``: extra folders to read
     reference solves from. ``ref_tol``: rtol = atol of the reference probability-flow solve. ``dist``: under torchrun, samples are sharded by index and rank 0 scores
     and writes (rows equal a single-process run's)."""
@@ -97,10 +98,13 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
     main = dist.is_main
     nfes = tuple(nfes) if nfes else (QUICK_NFES if quick else FULL_NFES)
     n_boot = n_boot if n_boot is not None else (50 if quick else 200)
+    ci_method = ci_method or ("percentile" if quick else "BCa")
     gs = tuple(float(w) for w in guidance) if guidance else (None,)
     _check_args(n, nfes, n_boot, seed, ci_method, gs)
     dev = _device(device)
-    solvers = list(solvers) if solvers else list(SOLVERS)
+    from ..solvers import ADAPTIVE
+
+    solvers = list(solvers) if solvers else [s for s in SOLVERS if not (quick and s in ADAPTIVE)]
     bm = load_bench_model(model, device=dev)
     if gs != (None,) and not bm.num_classes:
         raise ValueError(f"--guidance needs a class-conditional model; {bm.name!r} declares no class_labels")
@@ -143,7 +147,7 @@ def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev,
         log(f"  skipped {name} {sp} NFE {nfe}: {why}")
     records = S.read_records(out) if main else []
     done = dist.broadcast_object({rec["key"] for rec in records})  # every rank skips the same rows
-    todo = [c for c in cfgs if c.key not in done]
+    todo = sorted((c for c in cfgs if c.key not in done), key=_priority)  # stable: plan order within a priority
     log(f"bench {bm.name}: {len(cfgs)} configurations, {len(cfgs) - len(todo)} already done; n={n}, "
         f"one forward {fwd_ms:.1f} ms on {dev}")
     caches = list(cache_dirs) + [out / "cache"]
@@ -214,6 +218,22 @@ def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev,
     meta["run_s_this_call"] = time.perf_counter() - t_start
     S.write_meta(out, meta)
     return report(out, plots=plots)
+
+
+def _priority(c) -> int:
+    """Run order: floor and PF reference, then each solver's and peer's default spacing (the rows a
+    partial run most needs), then the 1000-step ancestral reference, then the remaining sweep."""
+    from ..solvers import DEFAULT_SPACING
+
+    if c.role == "floor" or c.solver == "pf_reference":
+        return 0
+    if c.role == "reference":
+        return 2
+    if c.library == "diffusers":
+        from ..peers import peer_spacings
+
+        return 1 if c.spacing == peer_spacings(c.solver)[0] else 3
+    return 1 if c.spacing in ("tuned", DEFAULT_SPACING.get(c.solver)) or c.spacing.startswith("adaptive") else 3
 
 
 def _cached_ref(name, bm, seed, x_T, caches, write_dir, compute):

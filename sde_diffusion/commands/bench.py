@@ -38,26 +38,34 @@ def _names(text):
 def add_arguments(p) -> None:
     """Arguments shared by ``sde-diffusion bench`` and ``benchmarks/step_count.py``."""
     p.add_argument("--quick", action="store_true",
-                   help="every solver and 4 diffusers schedulers at NFE 5,10,20 with default spacings, n=128 "
-                        "(under 2 minutes on 2 CPU cores with the committed reference cache)")
+                   help="every fixed-step solver and 4 diffusers schedulers at NFE 5,10 with default spacings (+ tuned grids), "
+                        "n=128 (about 2 minutes on 2 CPU cores with the committed reference cache)")
     p.add_argument("--model", default="digits", help="digits (shipped U-Net), digits-cond, gmm (analytic mixture), a model folder or a diffusers folder")
-    p.add_argument("--solvers", default=None, help="comma-separated solver names (default: all in SOLVERS)")
+    p.add_argument("--solvers", default=None, help="comma-separated solver names (default: all in SOLVERS; --quick leaves out the adaptive ode/scipy)")
     p.add_argument("--peers", default="all", help="comma-separated diffusers schedulers, 'all' or 'none'")
     p.add_argument("--spacings", default=None, help="comma-separated spacings for our solvers (default: quick = each solver's default, "
                                                     "full = uniform,quadratic,logsnr,karras,trailing; 'tuned' = the model's tuned grids)")
-    p.add_argument("--nfe", default=None, help="comma-separated target NFEs, at most 1000 (default 5,10,20 quick; 5,10,20,50 full)")
+    p.add_argument("--nfe", default=None, help="comma-separated target NFEs, at most 1000 (default 5,10 quick; 5,10,20,50 full)")
     p.add_argument("-n", "--n", "--num-samples", dest="n", type=int, default=None,
                    help="samples per row (default 128 quick, 256 full)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (everything runs there)")
-    p.add_argument("--seed", type=int, default=0, help="sample k uses the generator seeded seed + k (x_T, then its noise), as `sample --seed`")
+    p.add_argument("--seed", type=int, default=0, help="sample k draws x_T and its noise from seed + k (named seed streams), exactly as `sample --seed`")
     p.add_argument("--guidance", default=None, help="comma-separated classifier-free guidance scales for a class-conditional model "
                                                     "(sample k asks for class k mod C), e.g. 1,2,4")
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per metric (default 50 quick, 200 full; 0 = no intervals)")
-    p.add_argument("--ci", default="BCa", choices=["BCa", "percentile"], help="bootstrap interval method (scipy.stats.bootstrap)")
+    p.add_argument("--ci", default=None, choices=["BCa", "percentile"],
+                   help="bootstrap interval method of scipy.stats.bootstrap (default: percentile with --quick, else BCa)")
     p.add_argument("--out", default=None, help="output folder (default runs/bench_quick or runs/bench); rerun to resume")
     p.add_argument("--cache-dir", action="append", default=None,
                    help="extra folder to read reference solves from (repeatable; default: benchmarks/results/cache when it exists)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="committed: the run committed in benchmarks/results (digits, n=128, NFE 5,10,20, 100 resamples, "
+                        "resumable), then its report spliced into docs/benchmarks.md")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+PRESETS = {"committed": dict(model="digits", n=128, nfe="5,10,20", n_boot=100, seed=0, out="benchmarks/results",
+                             docs="docs/benchmarks.md")}
 
 
 def register(sub) -> None:
@@ -90,6 +98,13 @@ def run(args) -> int:
 
     from ..bench import run_bench
 
+    docs = None
+    if getattr(args, "preset", None):
+        for k, v in PRESETS[args.preset].items():
+            if k == "docs":
+                docs = v if Path(v).is_file() else None
+            else:
+                setattr(args, k, v)
     if args.n_boot is not None and args.n_boot < 0:
         raise ValueError(f"--n-boot must be >= 0 (0 = no intervals), got {args.n_boot}")
     peers = {"all": True, "none": False}.get(args.peers, None)
@@ -111,6 +126,10 @@ def run(args) -> int:
     dist.close()
     if not dist.is_main:
         return 0
+    if docs is not None:
+        from ..bench import report
+
+        report(out, plots=False, docs=docs)
     print(f"{len(rows)} metric rows in {out}/results.csv (+ results.md, summary.md, results.json, plots/, grids/); "
           f"{time.perf_counter() - t0:.0f} s")
     return 0
