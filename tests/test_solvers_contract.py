@@ -146,3 +146,28 @@ def test_nan_from_net_is_solver_error(name, check_finite):
     m = model_of(Counting(nan_after=2), check_finite=check_finite)
     with pytest.raises(SolverError):
         sample(m, shape=(2, 3), seed=0, solver=name, **grid_kwargs(name))
+
+
+def test_missing_or_inconsistent_facts_are_refused():
+    """The fact checker itself can fail: each bad declaration below is a one-line ValueError (and a
+    missing keyword is a TypeError at import), so no solver lands without its facts."""
+    from sde_diffusion.solvers.spec import solver
+
+    def fn(model, x, ts, *, noise, callback=None, eta: float = 0.0):
+        return x
+
+    good = dict(order=1, nfe="K", default_spacing="uniform", stochastic=False, adaptive=False, peers=())
+    solver(**good)(fn)  # accepted
+    assert fn.spec.options == ("eta",) and fn.spec.expected_nfe(7, True) == 7
+    for change, msg in [(dict(order=None), "must declare its order"), (dict(order=0), "order"),
+                        (dict(nfe="K +"), "nfe formula"), (dict(nfe="steps"), "nfe formula"),
+                        (dict(default_spacing="sideways"), "default_spacing"),
+                        (dict(adaptive=True), "default_spacing must be None"),
+                        (dict(order_options={"no_such": 1}), "unknown option"),
+                        (dict(variants=(("x", {"eta": 1.0}, 0),)), "order of variant"),
+                        (dict(peers=("",)), "peers")]:
+        with pytest.raises(ValueError, match=msg) as e:
+            solver(**{**good, **change})(fn)
+        assert "\n" not in str(e.value)
+    with pytest.raises(TypeError):
+        solver(order=1, nfe="K", default_spacing="uniform", stochastic=False, adaptive=False)(fn)  # no peers=
