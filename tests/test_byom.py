@@ -373,3 +373,26 @@ def test_load_callable_factory_returning_predictor(user_module):
 def test_load_callable_errors(user_module, spec, err, match):
     with pytest.raises(err, match=match):
         load_callable(spec)
+
+
+def test_from_diffusers_constructors_equal_the_interop_functions(folders):
+    """VPSDE.from_diffusers / NoisePredictor.from_diffusers (core classes, reaching only
+    interop.diffusers_config) build the same process and predictor as interop.diffusers, and the
+    old byom/peers names still import."""
+    import sde_diffusion.byom as byom
+    import sde_diffusion.peers as peers
+    from sde_diffusion.interop import diffusers as idiff
+    from sde_diffusion.interop import peers as ipeers
+
+    sched = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    a, b = VPSDE.from_diffusers(sched), idiff.sde_from_diffusers_config(sched)
+    assert torch.equal(a.betas, b.betas) and a.num_train_steps == 1000
+    unet = tiny_unet()
+    m1, m2 = NoisePredictor.from_diffusers(unet, sched), idiff.predictor_from_diffusers(unet, sched)
+    assert m1.prediction == m2.prediction == "v" and m1.sample_shape == m2.sample_shape == (3, 8, 8)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(m1.eps(x, 0.4), m2.eps(x, 0.4))
+    assert byom.load_diffusers_folder is idiff.load_diffusers_folder and peers.run_peer is ipeers.run_peer
+    m = idiff.load_diffusers_folder(folders["epsilon"])
+    assert m.config["format"] == "diffusers" and m.config["scheduler"]["prediction_type"] == "epsilon"
