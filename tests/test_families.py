@@ -316,3 +316,33 @@ def test_vp_family_is_the_vpsde():
     a = sample(PathPredictor(net, vp_path(sde), "epsilon", net_time_dtype=F64), x_T, solver="dpmpp_2m", steps=10)
     b = sample(g.predictor(sde), x_T, solver="dpmpp_2m", steps=10)
     assert (a.samples - b.samples).abs().max() < 1e-10
+
+
+# ---- diffusers folders of non-VP families load as PathPredictors --------------------------------
+
+def _tiny_unet():
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                                 norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+
+
+@pytest.mark.parametrize("sched,family,manual", [
+    (lambda: diffusers.ScoreSdeVeScheduler(sigma_max=50.0), "ve", score_sde_ve_predictor),
+    (lambda: diffusers.EDMEulerScheduler(), "edm", edm_predictor),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), "flow", flow_match_predictor),
+], ids=["ve", "edm", "flow"])
+def test_load_model_of_a_family_folder(tmp_path, sched, family, manual):
+    from sde_diffusion import load_model
+
+    unet, sc = _tiny_unet(), sched()
+    diffusers.DDPMPipeline(unet=unet, scheduler=sc).save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    assert isinstance(model, PathPredictor) and model.path.name == family and model.sample_shape == (3, 8, 8)
+    ref = manual(unet, sc)
+    ts = torch.linspace(0.95, 0.0, 6, dtype=F64)
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = sample(model, x_T, solver="heun", ts=ts).samples
+        b = sample(ref, x_T, solver="heun", ts=ts).samples
+    assert torch.equal(a, b) and torch.isfinite(a).all()

@@ -90,12 +90,16 @@ def load_diffusers_folder(path, device="cpu") -> NoisePredictor:
         raise ValueError(f"model_index.json has unet={index['unet']!r}; only UNet2DModel is supported")
     unet_dir, sched_file = _layout(root)
     sched_cfg = json.loads(sched_file.read_text())
-    sde_from_diffusers_config(sched_cfg)  # refuse an unrepresentable config before loading weights
-    prediction_from_diffusers_config(sched_cfg)
+    from .families import family_of_config, family_predictor  # flow matching / EDM / VE: paths.PathPredictor
+
+    family = family_of_config(sched_cfg)
+    if family is None:
+        sde_from_diffusers_config(sched_cfg)  # refuse an unrepresentable config before loading weights
+        prediction_from_diffusers_config(sched_cfg)
     diffusers = _import_diffusers()
     safetensors = (unet_dir / "diffusion_pytorch_model.safetensors").is_file()
     unet = diffusers.UNet2DModel.from_pretrained(unet_dir, use_safetensors=safetensors, local_files_only=True)
     unet = unet.to(device).eval()
-    pred = predictor_from_diffusers(unet, sched_cfg)
+    pred = family_predictor(unet, sched_cfg) if family else predictor_from_diffusers(unet, sched_cfg)
     pred.config = {"format": "diffusers", "model_index": index, "scheduler": dict(sched_cfg), "unet": dict(unet.config)}
     return pred

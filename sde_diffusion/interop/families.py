@@ -24,7 +24,7 @@ from ..paths import PathPredictor, edm_path, flow_match_sigmas, karras_sigmas, t
 from .diffusers_config import config_of
 
 __all__ = ["flow_match_predictor", "flow_match_ts", "edm_predictor", "edm_ts", "score_sde_ve_predictor",
-           "score_sde_ve_ts", "EDMPreconditioned"]
+           "score_sde_ve_ts", "EDMPreconditioned", "family_of_config", "family_predictor"]
 
 
 def _cfg(scheduler_or_config, expected: str) -> dict:
@@ -124,3 +124,31 @@ def score_sde_ve_ts(scheduler_or_config, steps: int) -> torch.Tensor:
     sg = torch.cat([torch.exp(torch.linspace(math.log(smax), math.log(smin), steps, dtype=torch.float64)),
                     torch.zeros(1, dtype=torch.float64)])
     return ts_from_sigmas(ve_path(smax).sde(), sg)
+
+
+# ---- dispatch by the scheduler's class name (diffusers folders) ------------------------------------
+
+_FAMILY_OF = {"FlowMatchEulerDiscreteScheduler": "flow", "EDMEulerScheduler": "edm",
+              "EDMDPMSolverMultistepScheduler": "edm", "ScoreSdeVeScheduler": "ve"}
+
+
+def family_of_config(scheduler_or_config):
+    """"flow", "edm" or "ve" for the schedulers above (by ``_class_name`` or class), None otherwise."""
+    cfg = config_of(scheduler_or_config)
+    name = cfg.get("_class_name") or type(scheduler_or_config).__name__
+    return _FAMILY_OF.get(name)
+
+
+def family_predictor(net, scheduler_or_config, **kwargs) -> PathPredictor:
+    """The ``PathPredictor`` of ``net`` for a flow-matching, EDM or score_sde VE scheduler (see the table)."""
+    family = family_of_config(scheduler_or_config)
+    make = {"flow": flow_match_predictor, "edm": edm_predictor, "ve": score_sde_ve_predictor}.get(family)
+    if make is None:
+        raise ValueError(f"not a flow-matching, EDM or score_sde VE scheduler config; valid _class_name: {', '.join(_FAMILY_OF)}")
+    cfg = getattr(net, "config", None)
+    if "sample_shape" not in kwargs and cfg is not None and "in_channels" in cfg and "sample_size" in cfg:
+        size = cfg["sample_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        kwargs["sample_shape"] = (cfg["in_channels"], *size)
+    return make(net, scheduler_or_config, **kwargs)
+
