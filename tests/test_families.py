@@ -346,3 +346,21 @@ def test_load_model_of_a_family_folder(tmp_path, sched, family, manual):
         a = sample(model, x_T, solver="heun", ts=ts).samples
         b = sample(ref, x_T, solver="heun", ts=ts).samples
     assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("name", sorted(n for n, s in SPECS.items() if not s.adaptive))
+def test_solvers_never_see_the_family(family, name):
+    """The family's own exact net behind PathPredictor and the exact VP noise prediction of the same data on
+    the family's PathSDE (analytic.GaussianMixture) are the same model: every solver gives the same samples."""
+    from sde_diffusion.analytic import GaussianMixture
+
+    make, grid = FAMILIES[family]
+    model = make()
+    vp = GaussianMixture(MU[None], COV[None]).predictor(model.sde)
+    ts = torch.cat([grid(6), torch.zeros(1, dtype=F64)])
+    ts[0] = min(float(ts[0]), 0.98)  # the VP eps-model cannot start at alpha = 0 (the flow path's t = 1)
+    x_T = torch.randn(4, D, dtype=F64, generator=torch.Generator().manual_seed(5))
+    a = sample(model, x_T, solver=name, ts=ts, seed=3, **_opts(name)).samples
+    b = sample(vp, x_T, solver=name, ts=ts, seed=3, **_opts(name)).samples
+    assert float((a - b).abs().max()) < 1e-9 * max(1.0, float(b.abs().max()))
