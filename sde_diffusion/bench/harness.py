@@ -285,6 +285,10 @@ def report(out, plots: bool = True, docs: Optional[Path] = None) -> list:
             r[k] = math.nan if r.get(k) is None else float(r[k])
     R.write_tables(out, rows, meta)
     figures = P.plot_all(out, rows, _load_samples(out, records)) if plots and rows else []
+    if plots:  # figures of metrics or rows no longer in the log would be stale
+        for old in (out / "plots").glob("*.png"):
+            if old.relative_to(out) not in figures:
+                old.unlink()
     from ..files import atomic_write_text
 
     atomic_write_text(out / "summary.md", R.docs_markdown(rows, meta, figures, "."))

@@ -84,21 +84,29 @@ def _references(ax, rows, metric, guidance, logy):
     from matplotlib.transforms import blended_transform_factory
 
     tr = blended_transform_factory(ax.transAxes, ax.transData)
-    for r in rows:
-        if r["metric"] != metric or r["role"] not in ("reference", "floor") or r.get("guidance") not in (guidance, None):
-            continue
+    refs = sorted((r for r in rows if r["metric"] == metric and r["role"] in ("reference", "floor")
+                   and r.get("guidance") in (guidance, None) and math.isfinite(r["value"]) and not (logy and r["value"] <= 0)),
+                  key=lambda r: r["value"])
+    for i, r in enumerate(refs):  # labels side by side so that close lines stay readable
         v = r["value"]
-        if not math.isfinite(v) or (logy and v <= 0):
-            continue
         ax.axhline(v, color="0.5", ls=":", lw=1)
-        ax.text(0.01, v, f"{r['solver']} ({r['role']}, NFE {r['nfe']})", transform=tr, fontsize=6, color="0.35",
-                ha="left", va="bottom", clip_on=True)
+        ax.text(0.01 + 0.27 * (i % 3), v, f"{r['solver']} ({r['role']}, NFE {r['nfe']})", transform=tr, fontsize=6,
+                color="0.35", ha="left", va="bottom", clip_on=True)
 
 
 def _sel(rows, metric, guidance):
     return [r for r in rows if r["metric"] == metric and r["role"] == "solver" and r.get("guidance") == guidance
             and math.isfinite(r["value"]) and r["target_nfe"] > 0
             and not (metric == "rmse_ref" and family_of(r["solver"]) == "stochastic")]
+
+
+def _plain_log_ticks(ax):
+    from matplotlib.ticker import FuncFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    ax.tick_params(axis="y", which="minor", labelsize=6)
 
 
 def _ylim(ax, values, low, logy):
@@ -112,6 +120,7 @@ def _ylim(ax, values, low, logy):
         top, bottom = v.max(), max(v.min(), np.quantile(v, 0.1) - 0.5 * (v.max() - np.quantile(v, 0.1)))
     if logy:
         ax.set_ylim(bottom / 1.5, top * 1.5)
+        _plain_log_ticks(ax)
     else:
         pad = 0.08 * (top - bottom or abs(top) or 1.0)
         ax.set_ylim(bottom - pad, top + pad)
