@@ -75,7 +75,7 @@ def main(argv=None):
     steps = [int(k) for k in a.steps.split(",")]
     print("| scheduler | " + " | ".join(f"{k} steps" for k in steps) + " |")
     print("|---|" + "---|" * len(steps))
-    rows = [(f"ours `{n}`, {sp}" + (f", {o}" if o else ""), lambda: SDEDiffusionScheduler.from_config(
+    rows = [(f"ours `{n}`, {sp}" + (f", {o}" if o else ""), lambda n=n, sp=sp, o=o: SDEDiffusionScheduler.from_config(
         base, solver=n, spacing=sp, solver_options=o), n) for n, sp, o in OURS]
     rows += [(f"diffusers {c}, trailing", lambda c=c: getattr(diffusers, c).from_config(
         base, timestep_spacing="trailing", **({"set_alpha_to_one": True} if c == "DDIMScheduler" else {})), c) for c in THEIRS]

@@ -474,3 +474,28 @@ def test_tuned_configuration_equals_sample_with_tuned(ddpm_pipe):
     assert _rel(_as_image(plain), _as_image(ref)) > 1e-4
     with pytest.raises(ValueError, match="no tuned configuration unipc/6"):
         pipe.scheduler.set_timesteps(6)
+
+
+def _every_fixed_grid_solver():
+    from sde_diffusion.solvers import ADAPTIVE, SOLVERS
+
+    return sorted(n for n in SOLVERS if n not in ADAPTIVE)
+
+
+@pytest.mark.parametrize("solver", _every_fixed_grid_solver())
+def test_every_registered_solver_runs_step_by_step(solver):
+    """Registry-wide: the step() loop of any fixed-grid solver in SOLVERS (new ones included) equals
+    sample() with the same generator, on a smooth toy net (float64), with one step() per NFE."""
+    s = SDEDiffusionScheduler.from_config(diffusers.DDPMScheduler(**DDPM_CONFIG).config, solver=solver)
+    s.set_timesteps(7)
+
+    def net(x, t):
+        return 0.4 * torch.tanh(x) + 1e-4 * t.to(x.dtype).reshape(-1, 1, 1, 1) * x
+
+    x_T = torch.randn(2, 1, 4, 4, generator=_gen(5), dtype=torch.float64)
+    x, g = x_T, _gen(6)
+    for t in s.timesteps:
+        x = s.step(net(x, t.expand(2)), t, x, generator=g).prev_sample
+    res = sample(NoisePredictor(net, s.sde, "v"), x_T, solver=solver, steps=7, generator=_gen(6))
+    assert float((x - res.samples).abs().max()) < 1e-12
+    assert len(s.timesteps) == res.nfe and s.step_index == res.nfe
