@@ -33,8 +33,9 @@ SIGMA_DATA = 0.5
 def _load_kdiffusion_sampling():
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or importlib.util.find_spec("torchsde") is None:
-        raise ImportError("k-diffusion and torchsde are dev dependencies (pip install -e '.[dev]'), needed by the "
-                          "k-diffusion peer tests")
+        raise ImportError("the k-diffusion peer tests need torchsde (in [dev]) and k-diffusion installed WITHOUT its "
+                          "dependencies, which would replace torch: pip install --no-deps 'k-diffusion==0.1.1.post1' "
+                          "(.ci/run does)")
     name = "_kdiffusion_peer"
     if name + ".sampling" in sys.modules:
         return sys.modules[name + ".sampling"]
