@@ -152,7 +152,11 @@ class NoisePredictor:
 
     def _call_net(self, x: torch.Tensor, ts: torch.Tensor, cond: Mapping) -> torch.Tensor:
         xin = x.to(self.net_dtype) if self.net_dtype is not None else x
-        out = self.net(xin, ts, **cond)
+        if self.net_dtype in (torch.bfloat16, torch.float16):  # autocast: float32 parts of the net (timestep
+            with torch.autocast(x.device.type, dtype=self.net_dtype):  # embeddings, norms) meet half inputs
+                out = self.net(xin, ts, **cond)
+        else:
+            out = self.net(xin, ts, **cond)
         if hasattr(out, "sample") and not isinstance(out, torch.Tensor):  # diffusers output object
             out = out.sample
         elif isinstance(out, (tuple, list)):
