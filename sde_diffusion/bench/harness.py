@@ -138,7 +138,7 @@ def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev,
     x_T = start_streams(seed, 0, n, bm.shape, bm.dtype, dev)
     labels = class_labels(bm, n, dev)
     fwd_ms = forward_ms(pred, x_T)
-    meta = dict(run_id, quick=quick, forward_ms=fwd_ms, n_boot=n_boot, ci_method=ci_method, device=str(dev),
+    meta = dict(run_id, quick=quick, planned=len(cfgs), forward_ms=fwd_ms, n_boot=n_boot, ci_method=ci_method, device=str(dev),
                 num_classes=bm.num_classes, machine=_machine(), versions=_versions(),
                 date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **({"command": command} if command else {}))
     if main:
@@ -277,14 +277,17 @@ def report(out, plots: bool = True, docs: Optional[Path] = None) -> list:
     if missing:
         raise FileNotFoundError(f"{out} is not a benchmark folder: missing {', '.join(missing)} "
                                 f"(run `sde-diffusion bench --out {out}` first)")
-    meta = S.read_meta(out)
     records = S.read_records(out, repair=False)
+    meta = dict(S.read_meta(out), done=len(records))
     rows = R.flat_rows(records, meta)
     for r in rows:  # JSON null -> NaN for the numeric columns
         for k in ("value", "ci_low", "ci_high", "wall_s"):
             r[k] = math.nan if r.get(k) is None else float(r[k])
     R.write_tables(out, rows, meta)
-    figures = P.plot_all(out, rows, _load_samples(out, records)) if plots and rows else []
+    if plots and rows:
+        figures = P.plot_all(out, rows, _load_samples(out, records))
+    else:  # tables only: link the figures already there
+        figures = sorted(p.relative_to(out) for p in (out / "plots").glob("*.png"))
     if plots:  # figures of metrics or rows no longer in the log would be stale
         for old in (out / "plots").glob("*.png"):
             if old.relative_to(out) not in figures:

@@ -169,19 +169,21 @@ def _references(rows: list) -> list:
     return lines
 
 
-def _header(meta: dict) -> list:
+def _header(meta: dict, done: Optional[int] = None) -> list:
     nb = meta.get("n_boot")
     method = meta.get("ci_method", "recentred percentile (before scipy)")
     ci = "no intervals (--n-boot 0)" if nb == 0 else f"95% {method} bootstrap intervals ({nb} resamples)"
     g = meta.get("guidance")
     return [f"Model `{meta.get('model')}` (weights {meta.get('ident')}), n = {meta.get('n')} samples per row, seed "
             f"{meta.get('seed')}{'' if not g else ', guidance ' + ', '.join(f'{w:g}' for w in g)}; {ci}; one forward at "
-            f"batch n = {meta.get('forward_ms', float('nan')):.2f} ms on {meta.get('device', 'cpu')}.", ""]
+            f"batch n = {meta.get('forward_ms', float('nan')):.2f} ms on {meta.get('device', 'cpu')}."
+            + (f" **{done} of {meta['planned']} planned configurations finished** (rerun the command to resume)."
+               if done is not None and meta.get("planned") and done < meta["planned"] else ""), ""]
 
 
 def markdown(rows: list, meta: dict) -> str:
     """results.md: the best of each library per NFE first, then references, then every row."""
-    lines = [f"# Step-count benchmark: {meta.get('model')}", ""] + _header(meta)
+    lines = [f"# Step-count benchmark: {meta.get('model')}", ""] + _header(meta, meta.get("done"))
     lines += ["## Best of each library per NFE", ""] + _summary_table(rows)
     lines += ["", "## References and floor", ""] + _references(rows)
     metrics = sorted({r["metric"] for r in rows})
@@ -208,11 +210,15 @@ def markdown(rows: list, meta: dict) -> str:
 def docs_markdown(rows: list, meta: dict, figures: list, link: str) -> str:
     """A docs-ready section: run line, figures (``link`` + path relative to the folder), the
     best-of-each-library tables and the references."""
-    lines = _header(meta)
+    lines = _header(meta, meta.get("done"))
     if meta.get("command"):
         lines += [f"Command: `{meta['command']}`", ""]
-    for f in figures:
+    shown = [f for f in figures if not Path(f).stem.endswith("_all")]
+    for f in sorted(shown, key=lambda f: (Path(f).stem.startswith("samples"), str(f))):
         lines += [f"![{Path(f).stem}]({link}/{Path(f).as_posix()})", ""]
+    every = [f for f in figures if Path(f).stem.endswith("_all")]
+    if every:
+        lines += ["Every configuration: " + ", ".join(f"[{Path(f).stem}]({link}/{Path(f).as_posix()})" for f in sorted(every)), ""]
     lines += ["Best of each library per target NFE (over spacings and options; lower is better except "
               + ", ".join(sorted(HIGHER_IS_BETTER)) + "; KID is not ranked: its unbiased estimate goes negative):", ""] + _summary_table(rows) + [""]
     lines += ["References and floor:", ""] + _references(rows)
