@@ -18,7 +18,7 @@ import torch
 from .grids import check_grid, grid_from_timesteps, time_grid
 from .model import NoisePredictor, NonFiniteOutput
 from .noise import make_noise
-from .randomness import per_sample_generators
+from .randomness import check_seed, draw_x_T
 
 __all__ = ["sample", "SampleResult", "SolverError", "resolve_solver"]
 
@@ -92,8 +92,9 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
     Grid: exactly one of ``timesteps`` (discrete indices, descending; a final step to t = 0 is
     appended), ``ts`` (float64 times, descending) or ``steps`` (+ ``spacing``, default per solver).
     Start: ``x_T``, or ``shape`` (+ ``seed``/``generator``) to draw it from N(0, I).
-    Randomness: ``generator`` (one ``torch.Generator`` or one per sample) or ``seed`` (per-sample
-    generators seed+k, so sample k does not depend on its batch-mates). ``noise="brownian"``
+    Randomness: ``generator`` (one ``torch.Generator`` or one per sample) or ``seed`` (counter-based
+    noise, ``randomness.counter_randn``: sample k uses seed + k, so it does not depend on its
+    batch-mates, the batch size or the device; seeds in [0, 2**63)). ``noise="brownian"``
     makes stochastic runs at different step counts share one Brownian path per sample.
     ``options`` go to the solver (e.g. ``eta`` for ddim); unknown ones raise ``TypeError``.
 
@@ -128,13 +129,11 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
             if shape is None:
                 raise ValueError("give x_T or shape")
         shape = tuple(shape)
-        if seed is not None:
-            generator = per_sample_generators(seed, shape[0])
-        x_T = model.sde.prior_sample(shape, generator)  # N(0, I): the VP prior (approximate if ts[0] < 1)
+        x_T = draw_x_T(shape, seed, generator)  # N(0, I): the VP prior (approximate if ts[0] < 1)
     elif shape is not None and tuple(shape) != tuple(x_T.shape):
         raise ValueError(f"shape {tuple(shape)} conflicts with x_T.shape {tuple(x_T.shape)}")
     elif seed is not None:
-        generator = per_sample_generators(seed, x_T.shape[0])
+        check_seed(seed, x_T.shape[0] if isinstance(x_T, torch.Tensor) and x_T.ndim else 1)
     if not isinstance(x_T, torch.Tensor) or x_T.ndim < 1:
         raise ValueError("x_T must be a tensor with a batch dimension")
     if not torch.is_floating_point(x_T):
@@ -151,8 +150,7 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
 
 
 def _solve(model, name, fn, x_T, grid, seed, generator, noise, progress, callback, options) -> SampleResult:
-    seeds = [seed + k for k in range(x_T.shape[0])] if seed is not None else None
-    src = make_noise(noise, x_T.shape, generator=generator, seeds=seeds, dtype=x_T.dtype, device=x_T.device)
+    src = make_noise(noise, x_T.shape, generator=generator, seeds=seed, dtype=x_T.dtype, device=x_T.device)
 
     bar = None
     if progress:
