@@ -9,7 +9,8 @@ benchmark's own x_T (seeds 0..n-1, sample k = first ``randn`` of a generator see
 ``benchmarks/results`` run) against the benchmark's cached reference solve, so the number sits beside
 diffusers' rows of ``benchmarks/results/results.csv`` (as committed in 9a133d8): the script prints diffusers' best at 2 x NFE.
 Each result is appended to ``benchmarks/tuning/results.jsonl`` and (unless --no-ship) merged into
-``sde_diffusion/assets/<model>/tuned.json`` (replacing the same solver/steps), atomically.
+``sde_diffusion/assets/<model>/tuned.json``, atomically, replacing the shipped configuration of the same
+solver/steps unless that one has the lower validation error (same validation set).
 """
 
 from __future__ import annotations
@@ -40,10 +41,8 @@ BENCH_COMMIT = "9a133d8"
 
 
 def _committed(path: str) -> bytes:
-    """A file of the committed benchmark run, from the working tree or else from git at BENCH_COMMIT."""
-    f = ROOT.parent / path
-    if f.is_file():
-        return f.read_bytes()
+    """A file of the committed benchmark run, from git at BENCH_COMMIT (never the working tree: a rerun of
+    the benchmark there may hold other x_T)."""
     return subprocess.run(["git", "show", f"{BENCH_COMMIT}:{path}"], cwd=ROOT.parent, check=True,
                           capture_output=True).stdout
 
@@ -81,6 +80,7 @@ def main(argv=None):
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--option", action="append", default=[], help="solver option KEY=JSON for every tune")
     p.add_argument("--no-coefficients", action="store_true")
+    p.add_argument("--time-shifts", action="store_true", help="also learn per-step network times (dpmpp_2m)")
     p.add_argument("--no-ship", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -94,6 +94,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             r = tune(model, solver, nfe, calibration=a.calibration, validation=a.validation, holdout=a.holdout,
                      maxfev=a.maxfev, patience=a.patience, cache=cache, options=opts, coefficients=False if a.no_coefficients else None,
+                     time_shifts=a.time_shifts,
                      progress=True)
             r["model"] = a.model
             out = sample(model, x_b, solver=solver, tuned=r).samples
@@ -116,6 +117,13 @@ def main(argv=None):
             if not a.no_ship:
                 configs = load_tuned(ship) if ship.is_file() else []
                 same = lambda c: c["solver"] == r["solver"] and int(c["steps"]) == int(r["steps"]) and c.get("guidance") == r.get("guidance")  # noqa: E731
+                old = [c for c in configs if same(c)]
+                if old and old[0].get("validation", {}).get("rmse") is not None \
+                        and old[0]["validation"].get("n") == r["validation"]["n"] \
+                        and old[0]["validation"]["rmse"] <= r["validation"]["rmse"]:
+                    print(f"  keeping the shipped {solver}/{r['steps']} (validation {old[0]['validation']['rmse']:.4f} <= "
+                          f"{r['validation']['rmse']:.4f})", flush=True)
+                    continue
                 configs = [c for c in configs if not same(c)] + [r]
                 atomic_write_text(ship, json.dumps({"configs": configs}, indent=1) + "\n")
 
