@@ -190,3 +190,37 @@ def test_tune_grid_needs_two_steps():
     m = GaussianMixture([[0.0]], 1.0).predictor(VPSDE.linear())
     with pytest.raises(ValueError, match="steps >= 2"):
         tune_grid(m, "ddim", 1, x_T=torch.zeros(16, 1), reference=torch.zeros(16, 1))
+
+
+def _cli(argv):
+    import argparse
+
+    from sde_diffusion.commands import tune as cmd
+
+    p = argparse.ArgumentParser()
+    cmd.register(p.add_subparsers(dest="command"))
+    return p.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--solver", "ancestral", "--nfe", "5"], "stochastic"),
+    (["--solver", "dpmpp_2m", "--nfe", "5", "--calibration", "8"], "--calibration must be >= 16"),
+    (["--solver", "dpmpp_2m"], "give --nfe"),
+    (["--solver", "dpmpp_2m", "--nfe", "5", "--guidance", "2"], "--guidance needs --class"),
+])
+def test_tune_command_refuses_bad_input_before_loading(argv, match):
+    a = _cli(["tune", *argv])
+    with pytest.raises(ValueError, match=match):
+        a.func(a)
+
+
+def test_tune_command_exports_a_file_for_diffusers(mixture_tune, tmp_path, capsys):
+    m, exact, xh, r = mixture_tune
+    f = tmp_path / "t.json"
+    save_tuned(r, f)
+    from sde_diffusion.commands import tune as cmd
+
+    a = _cli(["tune", "--from", str(f), "--export", "diffusers"])
+    ex = cmd.export_for(load_tuned(f)[0], m)
+    assert ex["timesteps"] == export_diffusers(r, m)["timesteps"]
+    assert a.from_ == str(f)

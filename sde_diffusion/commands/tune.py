@@ -120,6 +120,13 @@ def _cond(model, class_):
     return {"class_labels": torch.tensor([c])}
 
 
+def export_for(config: dict, model) -> dict:
+    """The ``--export diffusers`` record of one tuned configuration."""
+    from ..tuning import export_diffusers
+
+    return {"solver": config["solver"], "steps": config["steps"], **export_diffusers(config, model)}
+
+
 def _resolve(spec, device):
     try:
         from ..resolve import resolve_model
@@ -145,7 +152,7 @@ def run(a) -> int:
         except (FileNotFoundError, ValueError):
             pass
         for c in configs:
-            print(json.dumps({"solver": c["solver"], "steps": c["steps"], **tuning.export_diffusers(c, model)}))
+            print(json.dumps(export_for(c, model)))
         return 0
     model = _resolve(a.model, a.device)
     cond = _cond(model, a.class_)
@@ -169,5 +176,5 @@ def run(a) -> int:
     if a.out is not None:
         tuning.save_tuned(res, Path(a.out).expanduser())
     if a.export == "diffusers":
-        print(json.dumps({"solver": res["solver"], "steps": res["steps"], **tuning.export_diffusers(res, model)}))
+        print(json.dumps(export_for(res, model)))
     return 0
