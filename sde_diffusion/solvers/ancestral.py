@@ -17,7 +17,7 @@ def _scalars(sde, s: float, t: float):
 
 
 @solver(order=None, nfe="K", default_spacing="uniform", stochastic=True, adaptive=False,
-        peers=("diffusers.DDPMScheduler",))
+        peers=("diffusers.DDPMScheduler",), weak_order=1)
 def ancestral(model, x, ts, *, noise, callback=None, variance: str = "small"):
     """DDPM ancestral sampling from the posterior q(x_t | x_s, x0_hat) (Ho et al. 2020, eqs. 6-7).
 

@@ -287,7 +287,7 @@ def dpmpp_3m(model, x, ts, *, noise, callback=None, lower_order_final: bool = Tr
 
 @solver(order=2, nfe="K", default_spacing="logsnr", stochastic=True, adaptive=False,
         peers=("diffusers.DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')",),
-        order_options={"eta": 0.0, "lower_order_final": False})
+        order_options={"eta": 0.0, "lower_order_final": False}, weak_order=2)
 def dpmpp_2m_sde(model, x, ts, *, noise, callback=None, eta: float = 1.0, lower_order_final: bool = True):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. B), midpoint form of k-diffusion ``sample_dpmpp_2m_sde``:
     x_t = (sigma_t/sigma_s) e^{-eta h} x + alpha_t (1 - e^{-(1+eta) h}) [x0 + (x0 - x0_prev)/(2 r)]

@@ -25,7 +25,7 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-@solver(order=None, nfe="K", default_spacing="uniform", stochastic=True, adaptive=False, peers=())
+@solver(order=None, nfe="K", default_spacing="uniform", stochastic=True, adaptive=False, peers=(), weak_order=1)
 def euler_maruyama(model, x, ts, *, noise, callback=None):
     """Euler-Maruyama on the reverse-time VP-SDE (Song et al. 2021, eq. 6; Kloeden & Platen 1992).
 

@@ -26,6 +26,9 @@ Facts (all keyword arguments are required except ``order_options``, ``variants``
 ``peers``           peer implementations it is tested equal to (e.g. ``"diffusers.DDIMScheduler"``).
 ``order_options``   options under which ``order`` holds (e.g. ``{"eta": 0.0}`` for an SDE solver's ODE limit).
 ``variants``        further (label, options, order) order facts, e.g. ``("order=2", {"order": 2}, 2)``.
+``weak_order``      (optional, stochastic solvers) the order of the error in the output's mean and variance
+                    with the default options on the default spacing, computed exactly on 1-D Gaussian data
+                    (tests/test_solver_orders.py::test_weak_order); None: not declared.
 ``options``         (derived, not declared) the keyword-only options of the function's signature.
 """
 
@@ -58,6 +61,7 @@ class SolverSpec:
     peers: Tuple[str, ...]
     order_options: Mapping = field(default_factory=dict)
     variants: Tuple[Tuple[str, Mapping, int], ...] = ()
+    weak_order: Optional[int] = None
 
     @property
     def options(self) -> Tuple[str, ...]:
@@ -72,13 +76,15 @@ class SolverSpec:
         return int(eval(compile(self.nfe, f"<nfe of {self.name}>", "eval"), {"__builtins__": {}}, env))  # noqa: S307
 
 
-def solver(*, order, nfe, default_spacing, stochastic, adaptive, peers, order_options=None, variants=(), name=None):
+def solver(*, order, nfe, default_spacing, stochastic, adaptive, peers, order_options=None, variants=(), name=None,
+           weak_order=None):
     """Decorator attaching a ``SolverSpec`` as ``fn.spec`` (see the module docstring); returns ``fn``."""
 
     def wrap(fn):
         fn.spec = SolverSpec(name=name or fn.__name__, fn=fn, order=order, nfe=nfe, default_spacing=default_spacing,
                              stochastic=stochastic, adaptive=adaptive, peers=tuple(peers),
-                             order_options=dict(order_options or {}), variants=tuple(variants))
+                             order_options=dict(order_options or {}), variants=tuple(variants),
+                             weak_order=weak_order)
         check_spec(fn.spec)
         return fn
 
@@ -96,6 +102,10 @@ def check_spec(spec: SolverSpec) -> None:
         raise ValueError(f"{where}: a deterministic fixed-step solver must declare its order")
     if not isinstance(spec.nfe, str) or not spec.nfe.strip():
         raise ValueError(f"{where}: nfe must be a formula string in K and z, got {spec.nfe!r}")
+    if spec.weak_order is not None:
+        if not spec.stochastic:
+            raise ValueError(f"{where}: weak_order is a fact of stochastic solvers only")
+        positive_int(f"{where}: weak_order", spec.weak_order)
     if not spec.adaptive:
         try:
             spec.expected_nfe(4, True), spec.expected_nfe(4, False)
@@ -133,6 +143,8 @@ def render_table(specs) -> str:
             order += " (" + ", ".join(f"{k}={v!r}" for k, v in s.order_options.items()) + ")"
         if s.variants:
             order += "; " + "; ".join(f"{o} ({label})" for label, _, o in s.variants)
+        if s.weak_order is not None:
+            order += f"; weak {s.weak_order}"
         rows.append(f"| `{s.name}` | {order} | {_nfe_text(s)} | {'yes' if s.stochastic else 'no'} | "
                     f"{'adaptive' if s.adaptive else s.default_spacing} | {', '.join(s.options) or '--'} | "
                     f"{', '.join(s.peers) or '--'} |")
