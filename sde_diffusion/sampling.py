@@ -56,12 +56,12 @@ def _check_options(name: str, fn: Callable, options: dict) -> None:
         raise TypeError(f"solver {name!r} does not take option(s) {', '.join(bad)}; it takes: {', '.join(taken) or 'none'}")
 
 
-def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts) -> torch.Tensor:
+def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts, sigmas=None) -> torch.Tensor:
     from .solvers import ADAPTIVE, DEFAULT_SPACING
 
-    given = [k for k, v in (("timesteps", timesteps), ("ts", ts), ("steps", steps)) if v is not None]
+    given = [k for k, v in (("timesteps", timesteps), ("ts", ts), ("sigmas", sigmas), ("steps", steps)) if v is not None]
     if len(given) > 1:
-        raise ValueError(f"give exactly one of timesteps, ts or steps (+ spacing); got {', '.join(given)}")
+        raise ValueError(f"give exactly one of timesteps, ts, sigmas or steps (+ spacing); got {', '.join(given)}")
     if spacing is not None and steps is None:
         raise ValueError("spacing needs steps; with timesteps or ts the grid is already explicit")
     adaptive = name in ADAPTIVE
@@ -72,6 +72,10 @@ def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts)
         return grid_from_timesteps(model.sde, timesteps)
     if ts is not None:
         return check_grid(ts)
+    if sigmas is not None:  # k-diffusion's noise levels sigma = sigma_VP/alpha = exp(-lambda) (paths.ts_from_sigmas)
+        from .paths import ts_from_sigmas
+
+        return check_grid(ts_from_sigmas(model.sde, sigmas))
     if adaptive:
         return torch.tensor([1.0, 0.0], dtype=torch.float64)
     if steps is None:
@@ -84,13 +88,15 @@ def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts)
 
 
 def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver="dpmpp_2m", steps=None,
-           spacing=None, timesteps=None, ts=None, shape=None, seed=None, generator=None,
+           spacing=None, timesteps=None, ts=None, sigmas=None, shape=None, seed=None, generator=None,
            noise="gaussian", progress=False, callback=None, cond=None, guidance=None, guidance_rescale=0.0,
            guidance_interval=None, null_cond=None, tuned=None, **options) -> SampleResult:
     """Sample from ``model`` by solving the reverse process from ``x_T`` at ``ts[0]`` to ``ts[-1]``.
 
     Grid: exactly one of ``timesteps`` (discrete indices, descending; a final step to t = 0 is
-    appended), ``ts`` (float64 times, descending) or ``steps`` (+ ``spacing``, default per solver).
+    appended), ``ts`` (float64 times, descending), ``sigmas`` (descending noise levels
+    sigma = sigma_VP/alpha as k-diffusion uses them, optional final 0; ``paths.ts_from_sigmas``) or
+    ``steps`` (+ ``spacing``, default per solver).
     Start: ``x_T``, or ``shape`` (+ ``seed``/``generator``) to draw it from N(0, I).
     Randomness: ``generator`` (one ``torch.Generator`` or one per sample) or ``seed`` (counter-based
     noise, ``randomness.counter_randn``: sample k uses seed + k, so it does not depend on its
@@ -115,11 +121,11 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
     if spacing == "tuned" or tuned is not None:  # model-tuned grid + per-step options (tuning.py)
         from .tuning import resolve_tuned
 
-        if ts is not None or timesteps is not None:
+        if ts is not None or timesteps is not None or sigmas is not None:
             raise ValueError("spacing='tuned' / tuned= set the grid; do not also pass ts or timesteps")
         ts, tuned_options = resolve_tuned(model, name, steps, tuned, guidance)
         options, steps, spacing = {**tuned_options, **options}, None, None
-    grid = _build_grid(model, name, steps, spacing, timesteps, ts)
+    grid = _build_grid(model, name, steps, spacing, timesteps, ts, sigmas)
 
     if seed is not None and generator is not None:
         raise ValueError("give seed or generator, not both")

@@ -387,3 +387,17 @@ def test_score_sde_ve_callable_through_module_attr(tmp_path):
     assert float((out - exact).abs().max()) < 0.01  # Heun, 40 sigmas (measured 0.0062)
     out4 = sample(model, x_T, solver="heun", ts=ts_from_sigmas(model.sde, karras_sigmas(160, 0.002, 50.0))).samples
     assert float((out4 - exact).abs().max()) < float((out - exact).abs().max()) / 8  # second order
+
+
+def test_sample_takes_sigmas():
+    """``sample(..., sigmas=...)`` is ``ts=ts_from_sigmas(model.sde, sigmas)``; grid errors stay one line."""
+    model = FAMILIES["edm"][0]()
+    sg = karras_sigmas(10, 0.002, 80.0)
+    x_T = torch.randn(2, D, dtype=F64, generator=torch.Generator().manual_seed(0))
+    a = sample(model, x_T, solver="heun", sigmas=sg)
+    b = sample(model, x_T, solver="heun", ts=ts_from_sigmas(model.sde, sg))
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.ts, b.ts) and a.nfe == 19
+    with pytest.raises(ValueError, match="exactly one of"):
+        sample(model, x_T, solver="heun", sigmas=sg, steps=10)
+    with pytest.raises(ValueError, match="decrease strictly"):
+        sample(model, x_T, solver="heun", sigmas=[1.0, 2.0, 0.0])
