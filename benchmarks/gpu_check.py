@@ -36,18 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def set_tf32(on: bool) -> dict:
-    """TF32 for float32 matmuls and cuDNN convolutions on (PyTorch's default for convolutions) or off
-    (IEEE float32). Uses the ``fp32_precision`` API where this torch has it (mixing it with the
-    legacy ``allow_tf32`` flags is an error in recent releases), else the legacy flags."""
-    mode = "tf32" if on else "ieee"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv"):
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
-        return {"api": "fp32_precision", "matmul": mode, "cudnn.conv": mode}
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-    return {"api": "allow_tf32", "matmul": on, "cudnn": on}
+from sde_diffusion.backends import set_tf32  # noqa: E402 (one definition, shared with the CLI's --no-tf32)
 
 
 def _sync(device):

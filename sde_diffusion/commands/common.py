@@ -22,7 +22,7 @@ from ..cli import CLIError
 
 __all__ = [
     "SEED_LIMIT", "add_common", "check_seed", "check_int", "check_float", "check_threads", "check_device",
-    "apply_threads", "flag", "OutputLock", "make_dirs", "remove_created", "check_writable_target", "job_rank",
+    "apply_threads", "apply_tf32", "flag", "OutputLock", "make_dirs", "remove_created", "check_writable_target", "job_rank",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ def add_common(p: argparse.ArgumentParser, *, num: Optional[str] = None, num_def
                    help=device_help or "torch device: cpu, cuda, cuda:K or mps (default: cpu)")
     p.add_argument("--threads", type=int, default=None, metavar="K",
                    help="torch CPU threads (default: torch's choice, usually the number of cores)")
+    p.add_argument("--no-tf32", dest="no_tf32", action="store_true",
+                   help="CUDA: IEEE float32 matmuls/convolutions instead of TF32 (PyTorch's default for "
+                        "convolutions); results closer to the CPU's, slower; no effect on the CPU")
 
 
 # ---- checks ----------------------------------------------------------------------------------
@@ -114,6 +117,14 @@ def check_seed(seed: int, count: int = 1, flag: str = "--seed") -> None:
 def check_threads(threads: Optional[int]) -> None:
     if threads is not None and threads < 1:
         raise CLIError(f"--threads must be an integer >= 1, got {threads}")
+
+
+def apply_tf32(args: argparse.Namespace) -> None:
+    """``--no-tf32``: IEEE float32 on CUDA (``sde_diffusion.backends.set_tf32``)."""
+    if getattr(args, "no_tf32", False):
+        from ..backends import set_tf32
+
+        set_tf32(False)
 
 
 def apply_threads(threads: Optional[int]) -> None:

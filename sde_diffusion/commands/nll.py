@@ -14,7 +14,7 @@ import time
 from typing import Any, Optional
 
 from ..cli import CLIError
-from .common import add_common, flag, apply_threads, check_device, check_float, check_int, check_seed, check_threads, progress_bar
+from .common import add_common, flag, apply_threads, apply_tf32, check_device, check_float, check_int, check_seed, check_threads, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     device = check_device(args.device)
     apply_threads(args.threads)
+    apply_tf32(args)
 
     import torch
 

@@ -24,6 +24,7 @@ from .common import (
     OutputLock,
     add_common,
     apply_threads,
+    apply_tf32,
     check_device,
     check_float,
     check_int,
@@ -277,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     options = _check_args(args)
     device = check_device(args.device)
     apply_threads(args.threads)
+    apply_tf32(args)
 
     import numpy as np
     import torch

@@ -18,6 +18,7 @@ from .common import (
     OutputLock,
     add_common,
     apply_threads,
+    apply_tf32,
     check_device,
     check_float,
     check_int,
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     device = check_device(args.device)
     apply_threads(args.threads)
+    apply_tf32(args)
     _check_data(args)
     from .. import distributed
     from ..train import train
