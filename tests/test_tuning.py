@@ -224,3 +224,35 @@ def test_tune_command_exports_a_file_for_diffusers(mixture_tune, tmp_path, capsy
     ex = cmd.export_for(load_tuned(f)[0], m)
     assert ex["timesteps"] == export_diffusers(r, m)["timesteps"]
     assert a.from_ == str(f)
+
+
+def test_guided_tune_on_an_exact_class_mixture(tmp_path):
+    # classes = components of a 3-D mixture; cond eps closed form, null class = the whole mixture
+    sde = VPSDE.from_betas(linear_betas(1000))
+    means, stds = [[1.5, -1.0, 0.5], [-1.0, 1.2, 0.0], [0.2, 0.3, -1.4]], [0.3, 0.5, 0.4]
+    mix, classes = GaussianMixture(means, stds), [GaussianMixture([m], [s]) for m, s in zip(means, stds)]
+
+    def net(x, t, class_labels=None):
+        y = torch.full((x.shape[0],), 3) if class_labels is None else class_labels
+        out = torch.empty_like(x, dtype=torch.float64)
+        for k in range(4):
+            rows = (y == k).nonzero().squeeze(1)
+            if rows.numel():
+                tt = t[rows] if torch.as_tensor(t).ndim else t
+                out[rows] = (mix if k == 3 else classes[k]).eps(x[rows], tt, sde)
+        return out.to(x.dtype)
+
+    m = NoisePredictor(net, sde, "epsilon", time_input=lambda t: t, timestep_dtype=torch.float64, sample_shape=(3,),
+                       conditioning={"class_labels": {"num_classes": 3, "null_class": 3}})
+    draw = lambda s, n: torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    r = tune(m, "dpmpp_2m", 3, x_T=draw(1, 16), x_val=draw(2, 6), x_holdout=draw(3, 12),
+             cond={"class_labels": torch.arange(3)}, guidance=2.0, maxfev=30)
+    assert r["guidance"] == 2.0 and r["holdout"]["rmse"] < r["holdout"]["start_rmse"]
+    f = tmp_path / "g.json"
+    save_tuned(r, f)
+    y = torch.arange(12) % 3
+    out = sample(m, draw(3, 12), solver="dpmpp_2m", tuned=f, cond={"class_labels": y}, guidance=2.0).samples
+    ref = sample(m, draw(3, 12), solver="ode", rtol=1e-6, atol=1e-6, cond={"class_labels": y}, guidance=2.0).samples
+    assert _rmse(out, ref) == pytest.approx(r["holdout"]["rmse"], rel=1e-9)
+    with pytest.raises(ValueError, match="available: dpmpp_2m/3/guidance=2"):
+        sample(m, draw(3, 2), solver="dpmpp_2m", tuned=f, cond={"class_labels": y[:2]})
