@@ -22,7 +22,8 @@ def register(sub) -> None:
         "SOLVER's NFE-evaluation solve closest to a tight probability-flow solve, on calibration x_T from "
         "a named seed stream, with early stopping on validation x_T and the error reported on held-out x_T "
         "(LD3 / Align Your Steps style learned time steps; Bespoke-style learned coefficients). "
-        "Use the result with sample(..., tuned=FILE) or `sde-diffusion sample --tuned FILE`.",
+        "Use the result with sample(..., tuned=FILE); configurations shipped beside a model (assets/<model>/tuned.json) "
+        "are what `sample(..., spacing='tuned')` and `sde-diffusion sample --spacing tuned` use.",
     )
     p.add_argument("--model", default="digits", help="shipped name (digits) or a model folder")
     p.add_argument("--solver", default="dpmpp_2m", help="deterministic fixed-step solver (default dpmpp_2m)")
@@ -31,11 +32,13 @@ def register(sub) -> None:
     p.add_argument("--validation", type=int, default=64, help="validation x_T for early stopping (default 64)")
     p.add_argument("--holdout", type=int, default=128, help="held-out x_T the reported error is measured on (default 128)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (conditional models)")
-    p.add_argument("--class", dest="class_", default=None,
+    p.add_argument("--class", dest="class_", default=None, metavar="CLASS",
                    help="class label for a conditional model: an integer, or 'all' (x_T number k gets class k mod C)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="solver option kept fixed while tuning (JSON value), e.g. --option order=2; repeatable")
     p.add_argument("--no-coefficients", action="store_true", help="tune the grid only (no per-step coefficients)")
+    p.add_argument("--time-shifts", action="store_true",
+                   help="also learn the time at which the network is evaluated in each step (dpmpp_2m)")
     p.add_argument("--start", default="free", choices=["free", "fixed", "both"],
                    help="first time: learned (free, default), t = 1 (fixed), or try both")
     p.add_argument("--maxfev", type=int, default=600, help="most objective evaluations per optimisation (default 600)")
@@ -45,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="write the tuned configuration (JSON) here")
     p.add_argument("--export", default=None, choices=["diffusers"],
                    help="print the grid as diffusers' set_timesteps(timesteps=...) / sigmas=... lists")
-    p.add_argument("--from", dest="from_", default=None, help="export an existing tuned FILE instead of tuning")
+    p.add_argument("--from", dest="from_", default=None, metavar="FILE", help="export an existing tuned FILE instead of tuning")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no per-iteration progress")
@@ -160,7 +163,8 @@ def run(a) -> int:
     cache = os.path.expanduser(a.cache) if a.cache else None
     tuning.steps_for_nfe(model, a.solver, a.nfe, opts)  # NFE too small: one line, before any network call
     res = tuning.tune(model, a.solver, a.nfe, calibration=a.calibration, validation=a.validation, holdout=a.holdout,
-                      coefficients=False if a.no_coefficients else None, free_start=free, options=opts,
+                      coefficients=False if a.no_coefficients else None, time_shifts=a.time_shifts,
+                      free_start=free, options=opts,
                       maxfev=a.maxfev, patience=a.patience, cache=cache, cond=cond, guidance=a.guidance,
                       progress=not a.quiet)
     res["model"] = a.model
