@@ -15,16 +15,19 @@ step, a low-parameter form of the learned solver coefficients of Bespoke Non-Sta
   x_{i+1} = (sigma_{i+1}/sigma_i) x_i - alpha_{i+1} phi_1(h_i) [m_i + w_i (m_i - m_{i-1})]
   (DPM-Solver++(2M), Lu et al. 2022b, Alg. 2, has w_i = 1/(2 r_i) and 0 on the step to t = 0;
   there the learned w extrapolates the last two x0 predictions). They are learned as offsets from
-  the 2M value on the current grid, so the start point is exactly the standard solver.
+  the 2M value on the current grid, so the start point is exactly the standard solver;
+- optionally (``time_shifts=True``, ``dpmpp_2m``): the time at which the network is evaluated in
+  step i, log-SNR lambda_i + delta_i (time-shifted sampling, Li et al. 2024, "Alleviating exposure
+  bias in diffusion models through sampling with shifted time steps").
 
-That is 2K - 1 numbers at most (K - 1 for grid-only solvers). They are fitted by least squares on
-the residual (solve - reference) over calibration x_T: Levenberg-Marquardt (Marquardt 1963) with
+That is 2K - 1 numbers (3K - 1 with time shifts; K - 1 or K for grid-only solvers), fitted by least
+squares on the residual (solve - reference) over calibration x_T: Levenberg-Marquardt (Marquardt 1963) with
 forward-difference Jacobians (one solve per parameter per iteration; LD3 backpropagates through the
 solver instead, which needs a differentiable solver), or derivative-free Powell (``optimizer=``).
 After every accepted iteration the RMSE on separate validation x_T is measured and the parameters
 with the lowest validation error are kept (held-out early stopping; the run stops after
-``patience`` iterations without a validation gain). The reported held-out error is measured on a third set of x_T that neither the
-fit nor the stopping rule saw. All three sets come from named seed streams (``SEED_STREAMS``) that
+``patience`` iterations without a validation gain). The reported held-out error is measured on a
+third set of x_T that neither the fit nor the stopping rule saw. All three sets come from named seed streams (``SEED_STREAMS``) that
 no benchmark uses.
 
 The result is a small JSON (``save_tuned``/``load_tuned``), consumed by
