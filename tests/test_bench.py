@@ -250,7 +250,7 @@ def test_each_row_reproduces_from_its_sample_command(tmp_path):
                                                             "beta_end": 0.2})
     bm = load_bench_model(str(folder))
     out = tmp_path / "b"
-    rows = run_bench(bm, solvers=["ancestral", "ddim"], nfes=[5], n=6, seed=4, out_dir=out, quick=True, peers=False,
+    rows = run_bench(bm, solvers=["ancestral", "ddim"], nfes=[5], n=6, seed=4, out_dir=out, quick=True, peers=["ddpm"],
                      n_boot=0, plots=False, log=lambda *a: None)
     for solver in ("ancestral", "ddim"):
         row = next(r for r in rows if r["solver"] == solver and r["role"] == "solver")
@@ -261,6 +261,14 @@ def test_each_row_reproduces_from_its_sample_command(tmp_path):
         got = np.load(tmp_path / f"{solver}.npz")["samples"]
         kept = load_safetensors(out / "samples" / f"{slug(row['key'])}.safetensors")[0]["x"].numpy()
         np.testing.assert_array_equal(got[: len(kept)], kept)
+    # a diffusers row (the stochastic DDPM scheduler) through the call its command names
+    from sde_diffusion.bench import reproduce_peer
+
+    row = next(r for r in rows if r["library"] == "diffusers")
+    assert "reproduce_peer(" in row["command"]
+    x = reproduce_peer(str(folder), "ddpm", row["spacing"], row["steps"], n=6, seed=4)
+    kept = load_safetensors(out / "samples" / f"{slug(row['key'])}.safetensors")[0]["x"]
+    assert torch.equal(x[: len(kept)], kept)
 
 
 def test_guided_bench_drives_diffusers_with_the_same_guided_eps(tmp_path):
@@ -301,3 +309,22 @@ def test_class_accuracy_of_real_digits_with_their_labels():
     assert got["class_acc"] > 0.9 and got["class_acc_confident"] <= got["class_acc"]
     shuffled = {m: v for m, v, _, _ in score(bm, x[:200], None, 0, 0, labels=(y[:200] + 1) % 10)}
     assert shuffled["class_acc"] < 0.2
+
+
+def test_docs_page_shows_what_the_committed_rows_say():
+    """docs/benchmarks.md's generated section is exactly what `bench report` makes of the committed
+    rows.jsonl: the page cannot drift from the data."""
+    from pathlib import Path
+
+    from sde_diffusion.bench.harness import load_folder
+    from sde_diffusion.bench.report import DOCS_BEGIN, DOCS_END, docs_markdown, relative_link
+
+    root = Path(__file__).resolve().parents[1]
+    out, doc = root / "benchmarks" / "results", root / "docs" / "benchmarks.md"
+    if not (out / "rows.jsonl").is_file():
+        pytest.skip("no committed benchmark folder")
+    _, meta, rows = load_folder(out)
+    figures = sorted(p.relative_to(out) for p in (out / "plots").glob("*.png"))
+    text = doc.read_text()
+    section = text.split(DOCS_BEGIN, 1)[1].split(DOCS_END, 1)[0]
+    assert section == "\n" + docs_markdown(rows, meta, figures, relative_link(doc, out))

@@ -33,7 +33,7 @@ from .plan import FULL_NFES, GRID_NFES, MAX_NFE, QUICK_NFES, REF_TOL, plan
 from .run import Outcome, class_labels, forward_ms, reference_pf, run_config, slug, start_streams
 from .score import CI_METHODS, score
 
-__all__ = ["run_bench", "report", "reproduce_peer"]
+__all__ = ["run_bench", "report", "load_folder", "reproduce_peer"]
 
 KEEP = {4: 16, 2: 1024}  # kept samples per row for the samples figure: images 16, 2-D points 1024
 
@@ -268,10 +268,8 @@ def _load_samples(out: Path, records: list) -> dict:
     return got
 
 
-def report(out, plots: bool = True, docs: Optional[Path] = None) -> list:
-    """Rebuild results.csv/json/md, summary.md and plots/ of ``out`` from its rows.jsonl and
-    run.json alone (no sampling); with ``docs``, splice summary.md into that page's generated
-    section. Returns the flat metric rows."""
+def load_folder(out: Path) -> tuple:
+    """(records, meta, flat rows) of a bench folder, read from rows.jsonl and run.json only."""
     out = Path(out)
     missing = [f for f in (S.ROWS_NAME, S.META_NAME) if not (out / f).is_file()]
     if missing:
@@ -283,6 +281,15 @@ def report(out, plots: bool = True, docs: Optional[Path] = None) -> list:
     for r in rows:  # JSON null -> NaN for the numeric columns
         for k in ("value", "ci_low", "ci_high", "wall_s"):
             r[k] = math.nan if r.get(k) is None else float(r[k])
+    return records, meta, rows
+
+
+def report(out, plots: bool = True, docs: Optional[Path] = None) -> list:
+    """Rebuild results.csv/json/md, summary.md and plots/ of ``out`` from its rows.jsonl and
+    run.json alone (no sampling); with ``docs``, splice summary.md into that page's generated
+    section. Returns the flat metric rows."""
+    out = Path(out)
+    records, meta, rows = load_folder(out)
     R.write_tables(out, rows, meta)
     if plots and rows:
         figures = P.plot_all(out, rows, _load_samples(out, records))

@@ -214,7 +214,7 @@ def docs_markdown(rows: list, meta: dict, figures: list, link: str) -> str:
     if meta.get("command"):
         lines += [f"Command: `{meta['command']}`", ""]
     shown = [f for f in figures if not Path(f).stem.endswith("_all")]
-    for f in sorted(shown, key=lambda f: (Path(f).stem.startswith("samples"), str(f))):
+    for f in sorted(shown, key=lambda f: (not Path(f).stem.startswith("rmse_ref"), Path(f).stem.startswith("samples"), str(f))):
         lines += [f"![{Path(f).stem}]({link}/{Path(f).as_posix()})", ""]
     every = [f for f in figures if Path(f).stem.endswith("_all")]
     if every:
