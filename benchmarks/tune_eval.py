@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_grids import bench_set, diffusers_best  # noqa: E402
 
 from sde_diffusion.checkpoints import ASSETS_DIR, load_model  # noqa: E402
+from sde_diffusion.grids import time_grid  # noqa: E402
 from sde_diffusion.sampling import sample  # noqa: E402
 from sde_diffusion.tuning import export_diffusers, load_tuned  # noqa: E402
 
@@ -95,6 +96,13 @@ def main(argv=None):
         row = dict(solver=c["solver"], nfe=out.nfe, steps=c["steps"], rmse=rmse_ci(out.samples, ref),
                    calibration=c.get("calibration", {}).get("rmse"), validation=c.get("validation", {}).get("rmse"),
                    holdout=c.get("holdout", {}).get("rmse"), method=c.get("method"))
+        sp = c.get("start", {}).get("spacing")
+        if sp:  # the standard configuration the tune started from, on the same x_T
+            K = c["steps"]
+            g = (torch.tensor([(K - j) / (K + 1) for j in range(K)] + [0.0], dtype=torch.float64) if sp == "leading-span"
+                 else time_grid(model.sde, K, sp))
+            o = {k: v for k, v in c["options"].items() if k not in ("coefficients", "eval_times")}
+            row["start"] = dict(spacing=sp, rmse=rmse_ci(sample(model, x, solver=c["solver"], ts=g, **o).samples, ref))
         d = peers.get(2 * out.nfe)
         if d:
             row["diffusers_2x"] = dict(rmse=d[0], scheduler=d[1], spacing=d[2], ratio=row["rmse"][0] / d[0])
