@@ -367,16 +367,21 @@ def _toy_steps(s, n, x=None):
 
 
 def test_threads_end_on_reuse_early_stop_error_and_garbage_collection():
-    base = len(_solver_threads())
+    gc.collect()
+    before = set(_solver_threads())  # (threads of other tests' schedulers may end meanwhile: count only ours)
+
+    def ours():
+        return [t for t in _solver_threads() if t not in before and t.is_alive()]
+
     s = SDEDiffusionScheduler.from_config(diffusers.DDPMScheduler(**DDPM_CONFIG).config, solver="dpmpp_3m")
     s.set_timesteps(6)
     full = _toy_steps(s, 6)
-    assert len(_solver_threads()) == base  # finished solve: thread gone
+    assert ours() == []  # finished solve: thread gone
     s.set_timesteps(6)
     _toy_steps(s, 3)  # a pipeline that stops early ...
-    assert len(_solver_threads()) == base + 1
+    assert len(ours()) == 1
     s.set_timesteps(6)  # ... and is reused: the old solve is cancelled, the new one is clean
-    assert len(_solver_threads()) == base
+    assert ours() == []
     assert torch.equal(_toy_steps(s, 6), full)
     # an exception inside the solver reaches the pipeline; the scheduler recovers after set_timesteps
     s.set_timesteps(6)
@@ -385,17 +390,18 @@ def test_threads_end_on_reuse_early_stop_error_and_garbage_collection():
         s.step(torch.full_like(x, float("nan")), s.timesteps[2], x)
     with pytest.raises(RuntimeError, match="failed earlier"):
         s.step(x, s.timesteps[3], x)
-    assert len(_solver_threads()) == base
+    assert ours() == []
     s.set_timesteps(6)
     assert torch.equal(_toy_steps(s, 6), full)
     # a scheduler dropped mid-solve takes its thread with it
     s.set_timesteps(6)
     _toy_steps(s, 2)
+    left = ours()
+    assert len(left) == 1
     del s
     gc.collect()
-    for t in _solver_threads()[base:]:
-        t.join(timeout=5)
-    assert len(_solver_threads()) == base
+    left[0].join(timeout=5)
+    assert ours() == []
 
 
 # ---- bad input ------------------------------------------------------------------------------------
