@@ -505,3 +505,31 @@ def test_every_registered_solver_runs_step_by_step(solver):
     res = sample(NoisePredictor(net, s.sde, "v"), x_T, solver=solver, steps=7, generator=_gen(6))
     assert float((x - res.samples).abs().max()) < 1e-12
     assert len(s.timesteps) == res.nfe and s.step_index == res.nfe
+
+
+def test_learned_variance_unet_uses_the_mean_half():
+    """variance_type "learned_range" (twice the output channels, as in improved-DDPM checkpoints): step()
+    keeps the mean half, as predictor_from_diffusers does for sample()."""
+    cfg = dict(DDPM_CONFIG, variance_type="learned_range")
+    pipe = diffusers.DDPMPipeline(unet=_unet(out_channels=6), scheduler=diffusers.DDPMScheduler(**cfg))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = SDEDiffusionScheduler.from_config(pipe.scheduler.config, solver="unipc")
+    img = _images(pipe, steps=5, seed=8)
+    g = _gen(8)
+    x_T = torch.randn((2, 3, 8, 8), generator=g)
+    with torch.no_grad():
+        ref = sample(predictor_from_diffusers(pipe.unet, cfg), x_T, solver="unipc", steps=5).samples
+    assert _rel(img, _as_image(ref)) < SAME_TOL
+    pipe.scheduler = SDEDiffusionScheduler.from_config(pipe.scheduler.config, variance_type="fixed_small")
+    with pytest.raises(ValueError, match=r"model_output shape \(2, 6, 8, 8\) does not match sample shape"):
+        _images(pipe, steps=5)
+
+
+def test_sigmas_list_gets_a_final_zero():
+    s = SDEDiffusionScheduler.from_config(diffusers.DDPMScheduler(**DDPM_CONFIG).config, solver="dpmpp_2m")
+    sig = [80.0, 10.0, 2.0, 0.3]
+    s.set_timesteps(sigmas=sig)
+    a = s.grid.clone()
+    s.set_timesteps(sigmas=sig + [0.0])
+    assert torch.equal(a, s.grid) and float(a[-1]) == 0.0 and len(a) == 5
+    assert s.sde.sigma_ve(float(a[1])) == pytest.approx(10.0, rel=1e-9)  # sigma = sigma/alpha at each step start
