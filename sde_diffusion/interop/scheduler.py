@@ -261,10 +261,12 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
             self._fixed_grid = self._grid_from_lists(timesteps, sigmas, ts)
             self.register_to_config(**{lists[0]: [float(v) for v in (timesteps if timesteps is not None else
                                                                       sigmas if sigmas is not None else ts)]})
-        # check the options on a small grid now, before any pipeline work
-        k_probe = len(self._options["orders"]) if self._options.get("orders") is not None else 2
-        probe = self._fixed_grid if self._fixed_grid is not None else time_grid(self.sde, k_probe, "uniform")
-        self._plan(probe, self._options)
+        # check the options on a small grid now, before any pipeline work (per-step lists such as
+        # dpm_solver's orders need the pipeline's step count: they are checked by set_timesteps)
+        per_step = any(isinstance(v, (list, tuple)) for v in self._options.values())
+        if self._fixed_grid is not None or not per_step:
+            probe = self._fixed_grid if self._fixed_grid is not None else time_grid(self.sde, 2, "uniform")
+            self._plan(probe, self._options)
 
         self.init_noise_sigma = 1.0  # VP: x_T ~ N(0, I)
         self.timesteps: Optional[torch.Tensor] = None
@@ -406,9 +408,13 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
         self._begin, self._done, self._failed = begin_index, 0, None
 
     def _sub_options(self, k):
+        """Options for the solve on the grid from step k: per-step lists lose their first k entries
+        (dpm_solver's ``orders``, dpmpp_2m's ``eval_times`` (one per step) and ``coefficients`` (one
+        per step after the first))."""
         opts = dict(self._run_options)
-        if "orders" in opts and opts["orders"] is not None:  # dpm_solver's per-interval orders
-            opts["orders"] = list(opts["orders"])[k:]
+        for key in ("orders", "eval_times", "coefficients"):
+            if opts.get(key) is not None:
+                opts[key] = list(opts[key])[k:]
         return opts
 
     # ---- the pipeline's calls ---------------------------------------------------------------------
