@@ -292,7 +292,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
          holdout: int = 128, x_T: Optional[torch.Tensor] = None, reference: Optional[torch.Tensor] = None,
          x_val: Optional[torch.Tensor] = None, reference_val: Optional[torch.Tensor] = None,
          x_holdout: Optional[torch.Tensor] = None, reference_holdout: Optional[torch.Tensor] = None,
-         coefficients: Optional[bool] = None, time_shifts: bool = False, free_start: Optional[bool] = True, inits: Optional[Sequence[str]] = None,
+         coefficients: Optional[bool] = None, time_shifts: Optional[bool] = None, free_start: Optional[bool] = True, inits: Optional[Sequence[str]] = None,
          options: Optional[dict] = None, maxfev: int = 300, patience: int = 2, optimizer: str = "lm", cache=None,
          cond: Optional[dict] = None, guidance: Optional[float] = None, progress: bool = False) -> dict:
     """Learn a ``nfe``-evaluation configuration of ``solver`` for ``model`` (module docstring: method).
@@ -300,7 +300,8 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     ``calibration``/``validation``/``holdout``: sizes of the three x_T sets drawn from
     ``SEED_STREAMS`` (or pass ``x_T``/``x_val``/``x_holdout`` and, optionally, their references).
     ``coefficients``: learn per-step multistep weights (default: when the solver takes them, i.e.
-    ``dpmpp_2m``). ``free_start``: also learn the first time (default True; None tries fixed and free
+    ``dpmpp_2m``). ``time_shifts``: learn the time at which the network is evaluated in each step
+    (default: when the solver takes ``eval_times``, i.e. ``dpmpp_2m``). ``free_start``: also learn the first time (default True; None tries fixed and free
     starts and keeps the better on validation). ``inits``: starting grids, the best on calibration is used (default: logsnr,
     quadratic, uniform, karras and, with a free start, diffusers' multistep ``leading`` span).
     ``cache``: folder for the reference solves. ``cond``/``guidance``: conditioning passed to
@@ -326,7 +327,12 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     if coefficients and not takes:
         raise ValueError(f"solver {name!r} takes no per-step coefficients; coefficient solvers: {', '.join(sorted(COEFFICIENT_SOLVERS))}")
     learn_coef = takes if coefficients is None else bool(coefficients)
-    if time_shifts and "eval_times" not in __import__("inspect").signature(fn).parameters:
+    takes_shifts = "eval_times" in __import__("inspect").signature(fn).parameters
+    if options.get("eval_times") is not None:
+        raise ValueError("options must not contain 'eval_times' (they are what tune learns)")
+    if time_shifts is None:
+        time_shifts = takes_shifts
+    if time_shifts and not takes_shifts:
         raise ValueError(f"solver {name!r} takes no eval_times (time shifts); solvers that do: {', '.join(sorted(COEFFICIENT_SOLVERS))}")
     from .sampling import _check_options
 
@@ -677,6 +683,7 @@ def export_diffusers(config: dict, model: Optional[NoisePredictor] = None, num_t
     if model is not None:
         a, s = model.sde.alpha(inner), model.sde.sigma(inner)
         out["sigmas"] = [float(v) for v in (s / a)] + [0.0]
-    if config.get("options", {}).get("coefficients") is not None:
-        out["note"] = "learned coefficients do not transfer: diffusers runs its own update rule on this grid"
+    if any(config.get("options", {}).get(k) is not None for k in ("coefficients", "eval_times")):
+        out["note"] = ("learned coefficients/time shifts do not transfer: diffusers runs its own update rule on "
+                       "this grid")
     return out

@@ -40,11 +40,12 @@ def mixture_tune():
 def test_tuning_reduces_exact_error_on_held_out_noise(mixture_tune):
     m, exact, xh, r = mixture_tune
     assert r["steps"] == 4 and len(r["ts"]) == 5 and r["ts"][-1] == 0.0 and len(r["options"]["coefficients"]) == 3
+    assert len(r["options"]["eval_times"]) == 4 and all(0 < t <= 1 for t in r["options"]["eval_times"])
     # the start: the best standard spacing with DPM-Solver++(2M)'s own weights, scored on the exact flow map
     best_standard = min(_rmse(sample(m, xh, solver="dpmpp_2m", steps=4, spacing=s).samples, exact(xh))
                         for s in ("logsnr", "karras", "uniform", "quadratic"))
     assert r["holdout"]["rmse"] < 0.3 * best_standard, (r["holdout"], best_standard)
-    assert r["parameters"] == 4 + 3  # free start + 3 interior increments, 3 weights: 2K - 1
+    assert r["parameters"] == 4 + 3 + 4  # free start + 3 increments, 3 weights, 4 network times: 3K - 1
 
 
 @pytest.mark.parametrize("solver", ["ddim", "unipc", "dpmpp_3m"])

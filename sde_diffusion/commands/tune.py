@@ -37,8 +37,8 @@ def register(sub) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="solver option kept fixed while tuning (JSON value), e.g. --option order=2; repeatable")
     p.add_argument("--no-coefficients", action="store_true", help="tune the grid only (no per-step coefficients)")
-    p.add_argument("--time-shifts", action="store_true",
-                   help="also learn the time at which the network is evaluated in each step (dpmpp_2m)")
+    p.add_argument("--no-time-shifts", action="store_true",
+                   help="do not learn the per-step network evaluation times (learned by default for dpmpp_2m)")
     p.add_argument("--start", default="free", choices=["free", "fixed", "both"],
                    help="first time: learned (free, default), t = 1 (fixed), or try both")
     p.add_argument("--maxfev", type=int, default=600, help="most objective evaluations per optimisation (default 600)")
@@ -163,7 +163,8 @@ def run(a) -> int:
     cache = os.path.expanduser(a.cache) if a.cache else None
     tuning.steps_for_nfe(model, a.solver, a.nfe, opts)  # NFE too small: one line, before any network call
     res = tuning.tune(model, a.solver, a.nfe, calibration=a.calibration, validation=a.validation, holdout=a.holdout,
-                      coefficients=False if a.no_coefficients else None, time_shifts=a.time_shifts,
+                      coefficients=False if a.no_coefficients else None,
+                      time_shifts=False if a.no_time_shifts else None,
                       free_start=free, options=opts,
                       maxfev=a.maxfev, patience=a.patience, cache=cache, cond=cond, guidance=a.guidance,
                       progress=not a.quiet)
