@@ -37,8 +37,8 @@ def _csv(path):
 
 def test_tiny_bench_writes_files_and_resumes(tmp_path):
     out = tmp_path / "b"
-    kw = dict(solvers=["ddim", "dpmpp_2m"], nfes=[5, 10], n=48, seed=3, out_dir=out, quick=True,
-              peers=["ddim"], n_boot=5, log=lambda *a: None)
+    kw = dict(solvers=["ddim", "dpmpp_2m"], nfes=[5, 10], n=48, seed=3, out_dir=out, quick=False, spacings=["uniform"],
+              peers=["ddim"], n_boot=5, log=lambda *a: None)  # full mode: with the N-step ancestral reference
     rows = run_bench(_tiny(), **kw)
     for f in ["results.csv", "results.json", "results.md", "summary.md", "rows.jsonl", "run.json",
               "plots/rmse_ref_best.png", "plots/rmse_ref_all.png", "plots/samples.png",

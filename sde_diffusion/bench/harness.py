@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -118,17 +119,9 @@ def run_bench(model, solvers: Optional[Sequence[str]] = None, nfes: Optional[Seq
         raise ValueError(f"--out {out} exists and is not a folder")
     run_id = dict(model=bm.name, ident=bm.ident, n=n, seed=seed, guidance=list(gs) if gs != (None,) else None)
     S.check_identity(out, run_id)
-    with S.folder_lock(out) if main else _nolock():
+    with S.folder_lock(out) if main else nullcontext():
         return _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev, dist, progress, plots,
                     log, [Path(d) for d in cache_dirs], command, ref_tol)
-
-
-class _nolock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev, dist, progress, plots, log,
