@@ -296,7 +296,8 @@ def report(out, plots: bool = True, docs: Optional[Path] = None) -> list:
 
     atomic_write_text(out / "summary.md", R.docs_markdown(rows, meta, figures, "."))
     if docs is not None:
-        R.splice_docs(Path(docs), R.docs_markdown(rows, meta, figures, R.relative_link(docs, out)))
+        link = R.relative_link(docs, out)
+        R.splice_docs(Path(docs), R.docs_markdown(rows, meta, figures, link), link)
     return rows
 
 
