@@ -28,7 +28,8 @@ from sde_diffusion.grids import time_grid  # noqa: E402
 from sde_diffusion.sampling import sample  # noqa: E402
 from sde_diffusion.tuning import export_diffusers, load_tuned  # noqa: E402
 
-PEER_OF = {"dpmpp_2m": "dpmpp_2m", "unipc": "unipc", "dpmpp_3m": "dpmpp_3m"}
+# solvers whose diffusers scheduler takes set_timesteps(timesteps=...) (UniPC's does not)
+PEER_OF = {"dpmpp_2m": "dpmpp_2m", "dpmpp_3m": "dpmpp_3m"}
 MULTISTEP_PEERS = ("dpmpp_2m", "dpmpp_3m", "unipc", "deis", "ddim", "euler", "heun")
 
 
@@ -88,6 +89,8 @@ def main(argv=None):
     for n in (int(v) for v in a.peers_at.split(",") if v):
         peers[n] = tuple(done[str(n)]) if done.get(str(n)) else peers_best(model, x, ref, n)
         print(f"diffusers best at NFE {n}: {peers[n]}", flush=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps({"peers_best": {str(k): v for k, v in peers.items()}, "rows": []}, indent=1) + "\n")
     rows = []
     for c in load_tuned(ASSETS_DIR / a.model / "tuned.json"):
         if c.get("guidance") not in (None, 1, 1.0):
