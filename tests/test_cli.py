@@ -80,7 +80,6 @@ BAD = [
     (["sample", *TINY, "--steps", "0", "--out", "x.png"], "--steps must be >= 1"),
     (["sample", *TINY, "--steps", "-5", "--out", "x.png"], "--steps must be >= 1"),
     (["sample", *TINY, "--steps", "2.5", "--out", "x.png"], "invalid int value"),
-    (["sample", *TINY, "--out", "x.png"], "--steps is required for solver 'dpmpp_2m'"),
     (["sample", *TINY, "--steps", "2", "--spacing", "foo", "--out", "x.png"], "invalid choice 'foo'; valid: uniform"),
     (["sample", *TINY, "--solver", "foo", "--steps", "2", "--out", "x.png"], "unknown solver 'foo'; valid:"),
     (["sample", *TINY, "--solver", "ode", "--steps", "2", "--out", "x.png"], "does not apply to the adaptive solver"),

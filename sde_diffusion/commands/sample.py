@@ -39,6 +39,9 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
+# --steps when none is given (diffusers' pipelines default to 50 steps; 20 is past the knee of every
+# fixed-step solver's error curve on the digits models, docs/benchmarks.md)
+DEFAULT_STEPS = 20
 # warn when the grid has more steps than this many times the model's training steps
 _HUGE_STEPS_FACTOR = 1
 _HUGE_STEPS_CONTINUOUS = 2000
@@ -98,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "pipeline folder, or module:attribute / file.py:attribute (this imports and runs that code)")
     p.add_argument("--solver", default="dpmpp_2m", metavar="NAME", help="solver name; `sde-diffusion solvers` lists them")
     p.add_argument("--steps", type=int, default=None, metavar="K",
-                   help="number of grid steps; required for every solver except the adaptive ode and scipy")
+                   help=f"number of grid steps (default {DEFAULT_STEPS}); not taken by the adaptive ode and scipy")
     p.add_argument("--spacing", default=None, choices=[*SPACINGS, "tuned"],
                    help="time spacing of the grid; tuned = the grid tuned for this model, solver and --steps "
                    "(default: the solver's own, see `sde-diffusion solvers`)")
@@ -175,8 +178,7 @@ def _check_args(args: argparse.Namespace) -> Dict[str, Any]:
     if adaptive and args.spacing is not None:
         raise CLIError(f"--spacing does not apply to the adaptive solver {args.solver!r}")
     if not adaptive and args.steps is None:
-        raise CLIError(f"--steps is required for solver {args.solver!r} (e.g. --steps 10); only the adaptive "
-                       f"solvers {', '.join(sorted(ADAPTIVE))} choose their own steps")
+        args.steps = DEFAULT_STEPS
     check_int("--steps", args.steps, lo=1)
     options = dict(_option(o) for o in args.option)
     if args.eta is not None:
