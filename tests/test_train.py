@@ -222,3 +222,22 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert load_model(tmp_path / "o" / "model").sample_shape == (1, 8, 8)
     assert main(["train", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "x"), "--steps", "1"]) == 2
     assert "missing.npy" in capsys.readouterr().err
+
+
+# ---- class-conditional training (classifier-free guidance) --------------------------------
+def test_conditional_resume_exact_and_condition_dropout(tmp_path):
+    """A conditional run resumed after a kill equals the uninterrupted one bit for bit, and its labels
+    reach the net: the exported model declares its classes and null class, and cond_drop = 0 vs 0.5
+    gives different losses from the same seed (the dropped labels are drawn from the step's generator)."""
+    x, y = load_digits_with_labels("train")
+    data = (x[:32], y[:32])
+    full = _run(tmp_path / "full", data, conditional=True)
+    _run(tmp_path / "part", data, conditional=True, stop_after=4)
+    resumed = _run(tmp_path / "part", data, conditional=True, resume=True)
+    assert [r[1] for r in resumed["losses"]] == [r[1] for r in full["losses"]]
+    m = load_model(tmp_path / "full" / "model")
+    assert m.conditioning == {"class_labels": {"num_classes": int(y[:32].max()) + 1, "null_class": int(y[:32].max()) + 1}}
+    other = _run(tmp_path / "drop", data, conditional=True, cond_drop=0.5)
+    assert [r[1] for r in other["losses"]] != [r[1] for r in full["losses"]]
+    with pytest.raises(ValueError, match="cond_drop"):
+        _run(tmp_path / "bad", data, conditional=True, cond_drop=1.0)
