@@ -98,7 +98,8 @@ def main(argv=None):
         out = sample(model, x, solver=c["solver"], tuned=c)
         row = dict(solver=c["solver"], nfe=out.nfe, steps=c["steps"], rmse=rmse_ci(out.samples, ref),
                    calibration=c.get("calibration", {}).get("rmse"), validation=c.get("validation", {}).get("rmse"),
-                   holdout=c.get("holdout", {}).get("rmse"), method=c.get("method"))
+                   holdout=c.get("holdout", {}).get("rmse"), method=c.get("method"), parameters=c.get("parameters"),
+                   wall_s=c.get("wall_s"), solves=c.get("evaluations"))
         sp = c.get("start", {}).get("spacing")
         if sp:  # the standard configuration the tune started from, on the same x_T
             K = c["steps"]
