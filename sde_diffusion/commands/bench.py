@@ -55,6 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples per metric (default 50 quick, 200 full; 0 = no intervals)")
     p.add_argument("--ci", default=None, choices=["BCa", "percentile"],
                    help="bootstrap interval method of scipy.stats.bootstrap (default: percentile with --quick, else BCa)")
+    p.add_argument("--ref-tol", type=float, default=1e-6,
+                   help="rtol = atol of the reference probability-flow solve (default 1e-6; at most 1e-3)")
     p.add_argument("--out", default=None, help="output folder (default runs/bench_quick or runs/bench); rerun to resume")
     p.add_argument("--cache-dir", action="append", default=None,
                    help="extra folder to read reference solves from (repeatable; default: benchmarks/results/cache when it exists)")
@@ -121,7 +123,7 @@ def run(args) -> int:
                      seed=args.seed, out_dir=out, quick=args.quick, peers=peers, spacings=_names(args.spacings),
                      n_boot=args.n_boot, progress=not args.no_progress, dist=dist, cache_dirs=caches,
                      device=str(dist.device), guidance=_floats(args.guidance) if args.guidance else None,
-                     ci_method=args.ci, command=shlex.join(["sde-diffusion", "bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
+                     ci_method=args.ci, ref_tol=args.ref_tol, command=shlex.join(["sde-diffusion", "bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
                      log=print if dist.is_main else (lambda *a, **k: None))
     dist.close()
     if not dist.is_main:
