@@ -232,7 +232,8 @@ def plot_samples(out: Path, rows: list, samples: dict, nfes=(5, 10), guidance=No
     """``samples``: config key -> tensor of the first samples (same x_T for every key); None when
     the folder holds no kept samples for the needed rows."""
     plt = _plt()
-    ref = next((k for k in samples if "pf_reference" in k and (guidance is None) == ("|w=" not in k)), None)
+    ref = next((k for k in samples if "pf_reference" in k
+                and (k.endswith(f"|w={guidance:g}") if guidance is not None else "|w=" not in k)), None)
     if ref is None:
         return None
     cells = []  # (row title, [(column title, samples)])
