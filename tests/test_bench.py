@@ -35,6 +35,7 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # ~50-100 s end to end: `pytest -m slow`; report/resume/reproduction have fast tests below
 def test_tiny_bench_writes_files_and_resumes(tmp_path):
     out = tmp_path / "b"
     kw = dict(solvers=["ddim", "dpmpp_2m"], nfes=[5, 10], n=48, seed=3, out_dir=out, quick=False, spacings=["uniform"],

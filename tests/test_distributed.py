@@ -54,6 +54,7 @@ def test_sample_one_vs_two_processes(tiny_model, tmp_path, solver):
     np.testing.assert_array_equal(one, two)  # bitwise: per-sample seeds, same device type
 
 
+@pytest.mark.slow  # 60-100 s of torchrun subprocesses: `pytest -m slow` (sample one-vs-two stays in the default run)
 def test_train_two_processes_batch_b_equals_one_process_batch_2b(tmp_path):
     """DDP with per-rank batch B follows one process with batch 2B (dropout 0: same global batch)."""
     arch = ["--base-channels", "8", "--channel-mults", "1", "--num-res-blocks", "1", "--attention-resolutions", "",
@@ -74,6 +75,7 @@ def test_train_two_processes_batch_b_equals_one_process_batch_2b(tmp_path):
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=5e-5)
 
 
+@pytest.mark.slow  # 60-100 s of torchrun subprocesses: `pytest -m slow` (sample one-vs-two stays in the default run)
 def test_nll_one_vs_two_processes(tmp_path):
     args = ["nll", "--model", "digits", "--num-images", "4", "--batch-size", "1", "--rtol", "1e-2", "--atol", "1e-2",
             "--elbo-steps", "4", "--no-progress"]
@@ -82,6 +84,7 @@ def test_nll_one_vs_two_processes(tmp_path):
     assert len(one) == 2 and one == two  # same mean +- CI: the union of shards is the whole split
 
 
+@pytest.mark.slow  # 60-100 s of torchrun subprocesses: `pytest -m slow` (sample one-vs-two stays in the default run)
 def test_bench_one_vs_two_processes(tmp_path):
     common = ["bench", "--model", "gmm", "--solvers", "ddim,ancestral", "--nfe", "5", "--num-samples", "16",
               "--n-boot", "5", "--peers", "ddim", "--quick", "--no-progress"]
