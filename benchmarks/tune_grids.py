@@ -10,7 +10,8 @@ benchmark's own x_T (seeds 0..n-1, sample k = first ``randn`` of a generator see
 diffusers' rows of ``benchmarks/results/results.csv`` (as committed in 9a133d8): the script prints diffusers' best at 2 x NFE.
 Each result is appended to ``benchmarks/tuning/results.jsonl`` and (unless --no-ship) merged into
 ``sde_diffusion/assets/<model>/tuned.json``, atomically, replacing the shipped configuration of the same
-solver/steps unless that one has the lower validation error (same validation set).
+solver/steps unless that one has the lower MSE over validation + held-out x_T together (``--select``
+rebuilds the shipped entries from the log by the same rule). The benchmark's x_T never enter a selection.
 """
 
 from __future__ import annotations
@@ -68,6 +69,34 @@ def diffusers_best(nfe: int):
     return float(r["value"]), r["solver"], r["spacing"]
 
 
+def heldout_mse(r) -> float:
+    """Mean squared error over validation + held-out x_T together (the selection score between tunes of the
+    same solver/steps; the benchmark's x_T stay untouched by any selection)."""
+    v, h = r["validation"], r["holdout"]
+    n = v["n"] + h["n"]
+    return (v["n"] * v["rmse"] ** 2 + h["n"] * h["rmse"] ** 2) / n
+
+
+def select_from_log(model_name: str) -> None:
+    """Rebuild the shipped tuned.json entries from benchmarks/tuning/results.jsonl: per (solver, steps, guidance)
+    the tune with the lowest validation + held-out MSE; entries without such a record are kept as they are."""
+    ship = ASSETS_DIR / model_name / "tuned.json"
+    configs = load_tuned(ship) if ship.is_file() else []
+    best = {}
+    for line in open(OUT):
+        r = json.loads(line)
+        if r.get("model") != model_name or r["validation"]["rmse"] is None or r["holdout"]["rmse"] is None:
+            continue
+        k = (r["solver"], int(r["steps"]), r.get("guidance"))
+        if k not in best or heldout_mse(r) < heldout_mse(best[k]):
+            best[k] = r
+    keep = [c for c in configs if (c["solver"], int(c["steps"]), c.get("guidance")) not in best]
+    for k, r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        print(f"{k[0]}/{k[1]}: {r['method']} | validation {r['validation']['rmse']:.4f} held-out {r['holdout']['rmse']:.4f} "
+              f"benchmark {r['benchmark']['rmse']:.4f}")
+    atomic_write_text(ship, json.dumps({"configs": keep + list(best.values())}, indent=1) + "\n")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="digits")
@@ -82,7 +111,11 @@ def main(argv=None):
     p.add_argument("--no-coefficients", action="store_true")
     p.add_argument("--time-shifts", action="store_true", help="also learn per-step network times (dpmpp_2m)")
     p.add_argument("--no-ship", action="store_true")
+    p.add_argument("--select", action="store_true",
+                   help="only rebuild the shipped tuned.json from results.jsonl (lowest validation + held-out MSE)")
     a = p.parse_args(argv)
+    if a.select:
+        return select_from_log(a.model)
     torch.set_num_threads(1)
     model = load_model(a.model)
     x_b, ref_b = bench_set(model)
@@ -118,11 +151,10 @@ def main(argv=None):
                 configs = load_tuned(ship) if ship.is_file() else []
                 same = lambda c: c["solver"] == r["solver"] and int(c["steps"]) == int(r["steps"]) and c.get("guidance") == r.get("guidance")  # noqa: E731
                 old = [c for c in configs if same(c)]
-                if old and old[0].get("validation", {}).get("rmse") is not None \
-                        and old[0]["validation"].get("n") == r["validation"]["n"] \
-                        and old[0]["validation"]["rmse"] <= r["validation"]["rmse"]:
-                    print(f"  keeping the shipped {solver}/{r['steps']} (validation {old[0]['validation']['rmse']:.4f} <= "
-                          f"{r['validation']['rmse']:.4f})", flush=True)
+                if old and old[0].get("holdout", {}).get("rmse") is not None \
+                        and heldout_mse(old[0]) <= heldout_mse(r):
+                    print(f"  keeping the shipped {solver}/{r['steps']} (validation + held-out MSE "
+                          f"{heldout_mse(old[0]):.5f} <= {heldout_mse(r):.5f})", flush=True)
                     continue
                 configs = [c for c in configs if not same(c)] + [r]
                 atomic_write_text(ship, json.dumps({"configs": configs}, indent=1) + "\n")
