@@ -247,7 +247,8 @@ def plot_samples(out: Path, rows: list, samples: dict, nfes=(5, 10), guidance=No
                 row.append((f"{'ours' if lib == 'sde_diffusion' else 'diffusers'}: {r['solver']}, {r['spacing']}\n"
                             f"NFE {r['nfe']}, {metric} {r['value']:.3g}", samples[r["key"]]))
         if row:
-            row.append(("converged PF-ODE\n(dopri5, tol 1e-6)", samples[ref]))
+            sp = next((r["spacing"] for r in rows if r["solver"] == "pf_reference" and r.get("guidance") == guidance), "")
+            row.append((f"converged PF-ODE\n({sp})", samples[ref]))
             cells.append(row)
     if not cells:
         return None
@@ -287,6 +288,43 @@ def _show(ax, x: np.ndarray) -> None:
         ax.tick_params(labelsize=6)
 
 
+def plot_guidance(out: Path, rows: list, metric: str = "rmse_ref") -> Path:
+    """Guided runs: ``metric`` against the guidance scale, one panel per target NFE, one line per
+    solver at its best spacing (colour = family; ours solid, diffusers dashed)."""
+    plt = _plt()
+    low = metric not in HIGHER_IS_BETTER
+    sel = [r for r in rows if r["metric"] == metric and r["role"] == "solver" and r.get("guidance") is not None
+           and math.isfinite(r["value"]) and not (metric == "rmse_ref" and family_of(r["solver"]) == "stochastic")]
+    nfes = sorted({r["target_nfe"] for r in sel})
+    ws = sorted({r["guidance"] for r in sel})
+    fig, axes = plt.subplots(1, len(nfes), figsize=(4.3 * len(nfes), 4.2), squeeze=False, layout="constrained")
+    logy = low and all(r["value"] > 0 for r in sel)
+    for ax, nfe in zip(axes[0], nfes):
+        best = {}
+        for r in sel:
+            if r["target_nfe"] == nfe:
+                k = (r["library"], r["solver"], r["guidance"])
+                if k not in best or (r["value"] < best[k]["value"]) == low:
+                    best[k] = r
+        for lib, sol in sorted({(k[0], k[1]) for k in best}):
+            pts = sorted((w, best[(lib, sol, w)]["value"]) for w in ws if (lib, sol, w) in best)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--" if lib == "diffusers" else "-",
+                    marker="s" if lib == "diffusers" else "o", ms=4, lw=1.2, color=_colour(family_of(sol)),
+                    label=f"{'diffusers ' if lib == 'diffusers' else ''}{sol}")
+        if logy:
+            ax.set_yscale("log")
+            _plain_log_ticks(ax)
+        ax.set_xticks(ws)
+        ax.set_xlabel("guidance scale w")
+        ax.set_title(f"NFE {nfe}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel(f"{metric} ({'lower' if low else 'higher'} is better)")
+    axes[0][-1].legend(fontsize=6, loc="best", ncol=2, framealpha=0.8)
+    fig.suptitle(f"{metric} against the guidance scale (each solver at its best spacing; colour = solver family)", fontsize=9)
+    return _save(fig, Path(out) / "plots" / f"{metric}_vs_guidance.png", 120)
+
+
 def plot_all(out: Path, rows: list, samples: dict) -> list:
     """Every figure of the folder; returns their paths relative to ``out``."""
     paths = []
@@ -302,6 +340,10 @@ def plot_all(out: Path, rows: list, samples: dict) -> list:
             p = plot_samples(out, rows, samples, guidance=g)
             if p is not None:
                 paths.append(p)
+    if len([g for g in gs if g is not None]) > 1:
+        for metric in ("rmse_ref", "class_acc_confident"):
+            if any(r["metric"] == metric and r["role"] == "solver" for r in rows):
+                paths.append(plot_guidance(out, rows, metric))
     return [Path(p).relative_to(out) for p in paths]
 
 
