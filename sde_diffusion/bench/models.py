@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -35,18 +34,11 @@ class BenchModel:
 
 
 def gmm_benchmark() -> tuple:
-    """The analytic tier: 8 well-separated 2-D Gaussians (std 0.08, unequal weights) on a ring of
-    radius 0.8, through the DDPM linear chain (1000 steps). Returns (mixture, predictor)."""
-    from ..analytic import GaussianMixture
-    from ..schedules import linear_betas
-    from ..sde import VPSDE
+    """The analytic tier: ``sde_diffusion.resolve.gmm_ring`` (8 well-separated 2-D Gaussians on a ring,
+    DDPM linear chain). Returns (mixture, predictor)."""
+    from ..resolve import gmm_ring
 
-    K = 8
-    ang = torch.arange(K, dtype=torch.float64) * 2 * math.pi / K
-    means = 0.8 * torch.stack([ang.cos(), ang.sin()], 1)
-    w = torch.tensor([2.0, 1, 1, 1, 2, 1, 1, 1], dtype=torch.float64)
-    gm = GaussianMixture(means, 0.08, w / w.sum())
-    return gm, gm.predictor(VPSDE.from_betas(linear_betas(1000)))
+    return gmm_ring()
 
 
 def _num_classes(pred: NoisePredictor) -> Optional[int]:

@@ -202,12 +202,9 @@ def _check_args(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _check_solver_options(name: str, fn: Any, options: Dict[str, Any]) -> None:
-    import inspect
+    from ..solvers import SPECS
 
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    taken = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("noise", "callback")]
+    taken = list(SPECS[name].options)  # the keyword-only options of the solver's signature
     bad = sorted(set(options) - set(taken))
     if bad:
         flags = ", ".join("--eta" if k == "eta" else f"--option {k}=..." for k in bad)
