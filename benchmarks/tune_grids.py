@@ -77,7 +77,7 @@ def heldout_mse(r) -> float:
     return (v["n"] * v["rmse"] ** 2 + h["n"] * h["rmse"] ** 2) / n
 
 
-def select_from_log(model_name: str) -> None:
+def select_from_log(model_name: str, solvers=None) -> None:
     """Rebuild the shipped tuned.json entries from benchmarks/tuning/results.jsonl: per (solver, steps, guidance)
     the tune with the lowest validation + held-out MSE; entries without such a record are kept as they are."""
     ship = ASSETS_DIR / model_name / "tuned.json"
@@ -86,6 +86,8 @@ def select_from_log(model_name: str) -> None:
     for line in open(OUT):
         r = json.loads(line)
         if r.get("model") != model_name or r["validation"]["rmse"] is None or r["holdout"]["rmse"] is None:
+            continue
+        if solvers is not None and r["solver"] not in solvers:
             continue
         k = (r["solver"], int(r["steps"]), r.get("guidance"))
         if k not in best or heldout_mse(r) < heldout_mse(best[k]):
@@ -115,7 +117,7 @@ def main(argv=None):
                    help="only rebuild the shipped tuned.json from results.jsonl (lowest validation + held-out MSE)")
     a = p.parse_args(argv)
     if a.select:
-        return select_from_log(a.model)
+        return select_from_log(a.model, a.solvers.split(","))
     torch.set_num_threads(1)
     model = load_model(a.model)
     x_b, ref_b = bench_set(model)
