@@ -36,7 +36,8 @@ from .score import CI_METHODS, score
 
 __all__ = ["run_bench", "report", "load_folder", "reproduce_peer"]
 
-KEEP = {4: 16, 2: 1024}  # kept samples per row for the samples figure: images 16, 2-D points 1024
+KEEP = {4: 16, 2: 1024}
+REF_CHUNK = 128  # the reference solve runs on blocks of this many samples (results independent of torchrun's world size)  # kept samples per row for the samples figure: images 16, 2-D points 1024
 
 
 def _check_args(n, nfes, n_boot, seed, ci_method, guidance):
@@ -148,11 +149,18 @@ def _run(bm, cfgs, skipped, out, run_id, n, seed, quick, n_boot, ci_method, dev,
 
     def ref(w):
         if w not in refs:
-            def compute():
-                m = dist.shard(n)
-                cond = {"class_labels": labels[m.start:m.stop]} if labels is not None else None
-                x, nfe = reference_pf(pred, x_T[m.start:m.stop], ref_tol, ref_tol, cond=cond, guidance=w)
-                return dist.gather_cat(x), nfe
+            def compute():  # in fixed chunks: the adaptive solve's steps depend on its batch, not on the world size
+                m = dist.shard(math.ceil(n / REF_CHUNK))
+                parts, nfe = [], 0
+                for a in range(m.start * REF_CHUNK, min(m.stop * REF_CHUNK, n), REF_CHUNK):
+                    b = min(a + REF_CHUNK, n)
+                    cond = {"class_labels": labels[a:b]} if labels is not None else None
+                    x, k = reference_pf(pred, x_T[a:b], ref_tol, ref_tol, cond=cond, guidance=w)
+                    parts.append(x)
+                    nfe = max(nfe, k)
+                local = torch.cat(parts) if parts else x_T[:0]
+                nfes = dist.gather_cat(torch.tensor([nfe], dtype=torch.float64, device=x_T.device))
+                return dist.gather_cat(local), int(nfes.max())
 
             name = f"pf_dopri5_tol{ref_tol:g}" + ("" if w is None else f"_w{w:g}")
             x, nfe, wall = _cached_ref(name, bm, seed, x_T, caches, out / "cache" if main else None, compute)
