@@ -103,9 +103,9 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
     batch-mates, the batch size or the device; seeds in [0, 2**63)). ``noise="brownian"``
     makes stochastic runs at different step counts share one Brownian path per sample.
     ``options`` go to the solver (e.g. ``eta`` for ddim); unknown ones raise ``TypeError``.
-
     ``spacing="tuned"`` (with ``steps``) or ``tuned=FILE``: a model-tuned grid and its per-step solver
     options (``tuning.py``; the configurations shipped with the model, or the file's).
+
     Conditioning (``guidance.py``): ``cond`` maps the net's keyword inputs to per-sample tensors
     (first dimension = batch), e.g. ``{"class_labels": y}``; every network call of the solver gets
     them. ``guidance=w`` applies classifier-free guidance out = out_uncond + w (out_cond -
@@ -117,14 +117,14 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
     if not isinstance(model, NoisePredictor):
         raise ValueError(f"model must be a NoisePredictor (wrap your net with NoisePredictor(net, sde)), got {type(model).__name__}")
     name, fn = resolve_solver(solver)
-    _check_options(name, fn, options)
     if spacing == "tuned" or tuned is not None:  # model-tuned grid + per-step options (tuning.py)
-        from .tuning import resolve_tuned
+        from .tuned_files import resolve_tuned
 
         if ts is not None or timesteps is not None or sigmas is not None:
             raise ValueError("spacing='tuned' / tuned= set the grid; do not also pass ts or timesteps")
         ts, tuned_options = resolve_tuned(model, name, steps, tuned, guidance)
         options, steps, spacing = {**tuned_options, **options}, None, None
+    _check_options(name, fn, options)
     grid = _build_grid(model, name, steps, spacing, timesteps, ts, sigmas)
 
     if seed is not None and generator is not None:

@@ -131,7 +131,7 @@ def steps_for_nfe(model: NoisePredictor, solver: str, nfe: int, spacing: str, op
 def _has_tuned(pred: NoisePredictor, solver: str, steps: int, guidance) -> bool:
     """Whether the model ships a tuned configuration (grid + options, ``tuning.resolve_tuned``)."""
     try:
-        from ..tuning import resolve_tuned
+        from ..tuned_files import resolve_tuned
 
         resolve_tuned(pred, solver, steps, None, guidance)
         return True

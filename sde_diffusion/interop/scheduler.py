@@ -356,7 +356,7 @@ class SDEDiffusionScheduler(SchedulerMixin, ConfigMixin):
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
                 raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
             if self.config.tuned is not None:
-                from ..tuning import resolve_tuned
+                from ..tuned_files import resolve_tuned
 
                 grid, tuned_options = resolve_tuned(NoisePredictor(_no_net, self.sde, self.prediction), self.config.solver,
                                                     num_inference_steps, self.config.tuned, self.config.tuned_guidance)
