@@ -12,6 +12,7 @@ Rebuild the shipped weights with ``python -m sde_diffusion.classifier`` (determi
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import ASSETS_DIR, _sha256, atomic_write_bytes, load_safetensors, save_safetensors_atomic
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DigitsClassifier", "load_classifier", "train_classifier", "accuracy", "CLASSIFIER_DIR"]
 
@@ -105,7 +108,7 @@ def train_classifier(epochs: int = 40, batch: int = 64, lr: float = 2e-3, seed: 
                 opt.step()
                 it += 1
             if verbose and (ep + 1) % 10 == 0:
-                print(f"epoch {ep + 1}: loss {float(loss):.4f} train acc {accuracy(clf, x, y):.4f}")
+                log.info("epoch %d: loss %.4f train acc %.4f", ep + 1, float(loss), accuracy(clf, x, y))
     return clf.eval()
 
 

@@ -93,26 +93,55 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
            guidance_interval=None, null_cond=None, tuned=None, **options) -> SampleResult:
     """Sample from ``model`` by solving the reverse process from ``x_T`` at ``ts[0]`` to ``ts[-1]``.
 
-    Grid: exactly one of ``timesteps`` (discrete indices, descending; a final step to t = 0 is
-    appended), ``ts`` (float64 times, descending), ``sigmas`` (descending noise levels
-    sigma = sigma_VP/alpha as k-diffusion uses them, optional final 0; ``paths.ts_from_sigmas``) or
-    ``steps`` (+ ``spacing``, default per solver).
-    Start: ``x_T``, or ``shape`` (+ ``seed``/``generator``) to draw it from N(0, I).
-    Randomness: ``generator`` (one ``torch.Generator`` or one per sample) or ``seed`` (counter-based
-    noise, ``randomness.counter_randn``: sample k uses seed + k, so it does not depend on its
-    batch-mates, the batch size or the device; seeds in [0, 2**63)). ``noise="brownian"``
-    makes stochastic runs at different step counts share one Brownian path per sample.
-    ``options`` go to the solver (e.g. ``eta`` for ddim); unknown ones raise ``TypeError``.
-    ``spacing="tuned"`` (with ``steps``) or ``tuned=FILE``: a model-tuned grid and its per-step solver
-    options (``tuning.py``; the configurations shipped with the model, or the file's).
+    Args:
+        model: the ``NoisePredictor`` (any net seen through one VP-SDE); its ``nfe`` counter advances.
+        x_T: the starting state, shape (B, *sample_shape), floating point, on the device and in the
+            dtype the solve runs in. ``None``: drawn from N(0, I) with ``shape`` and ``seed``/``generator``.
+        solver: a name in ``SOLVERS`` (``sde-diffusion solvers`` lists them with their facts) or a
+            function ``solver(model, x, ts, *, noise, callback, **options)``.
+        steps: number of grid intervals K; with ``spacing`` (default: the solver's declared
+            ``default_spacing``; one of ``grids.SPACINGS`` or ``"tuned"``).
+        spacing: how the K intervals are placed (``"uniform"`` in t, ``"logsnr"``, ``"karras"``,
+            ``"quadratic"``, diffusers' ``"leading"``/``"trailing"``/``"linspace"``, ``"tuned"``).
+        timesteps: discrete training indices, descending (a final step to t = 0 is appended).
+        ts: float64 times in [0, 1], strictly descending.
+        sigmas: descending noise levels sigma = sigma_VP / alpha (k-diffusion's), optional final 0.
+            Give exactly one of ``steps``, ``timesteps``, ``ts``, ``sigmas`` (adaptive solvers: none, or
+            ``ts=[t_start, t_end]``).
+        shape: the shape of x_T to draw when ``x_T`` is None (default (1, *model.sample_shape)).
+        seed: per-sample counter-based randomness (``randomness.counter_randn``): sample k uses seed + k
+            for x_T and every noise draw, so it does not depend on its batch-mates or the batch size
+            (bitwise); an integer in [0, 2**63).
+        generator: instead of ``seed``: one ``torch.Generator`` or a list with one per sample.
+        noise: ``"gaussian"`` (fresh draws) or ``"brownian"`` (one Brownian path per sample, shared by
+            runs at different step counts), or a ``noise.NoiseSource``.
+        progress: show a progress bar over the grid's steps.
+        callback: called after every step with ``dict(i=, t=, x=, x0=)``.
+        cond: per-sample conditioning for the net's keyword inputs, e.g. ``{"class_labels": y}``
+            (first dimension = batch); refused for a model that declares no ``conditioning``.
+        guidance: classifier-free guidance scale w, out = out_uncond + w (out_cond - out_uncond), in one
+            doubled batch (``guidance.py``); None or 1: plain conditional sampling; finite, >= 0.
+        guidance_rescale: phi in [0, 1] (Lin et al. 2024), as diffusers' ``guidance_rescale``.
+        guidance_interval: (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1: guide only there (Kynkäänniemi et al. 2024).
+        null_cond: the unconditional input per key, overriding the model's declared null condition.
+        tuned: a tuned configuration (file, dict or list; ``tuning.py``) giving the grid and per-step
+            solver options; ``spacing="tuned"`` reads the configurations shipped with the model.
+        **options: passed to the solver (e.g. ``eta`` for ddim, ``order`` for unipc).
 
-    Conditioning (``guidance.py``): ``cond`` maps the net's keyword inputs to per-sample tensors
-    (first dimension = batch), e.g. ``{"class_labels": y}``; every network call of the solver gets
-    them. ``guidance=w`` applies classifier-free guidance out = out_uncond + w (out_cond -
-    out_uncond) in one doubled batch (None or 1: plain conditional sampling); ``guidance_rescale``
-    (Lin et al. 2024) and ``guidance_interval=(t_lo, t_hi)`` (Kynkäänniemi et al. 2024) as in
-    diffusers; ``null_cond`` overrides the model's null condition. A guided evaluation counts as one
-    NFE; ``info["network_rows"]`` counts the rows the net processed.
+    Returns:
+        ``SampleResult(samples, nfe, ts, info)``: the state at ``ts[-1]`` shaped like x_T (same device
+        and dtype); ``nfe``, every network evaluation made (rejected steps, correctors and the final
+        denoising included; a guided evaluation counts once); ``ts``, the float64 grid used (adaptive
+        solvers: the requested span); ``info``, solver facts (accepted/rejected steps, ...) and
+        ``network_rows``, the rows the network processed.
+
+    Raises:
+        ValueError: bad input, before any network call: an unknown solver or spacing, more than one
+            grid, a grid that is not descending, x_T of another sample shape than the model's, a
+            non-floating x_T, seed and generator together, a seed outside [0, 2**63), bad conditioning
+            or guidance arguments, a tuned configuration for other weights / solver / step count.
+        TypeError: an option the solver does not take (the message lists the ones it takes).
+        SolverError: the solve produced NaN/inf (names the solver, step, time and NFE so far).
     """
     if not isinstance(model, NoisePredictor):
         raise ValueError(f"model must be a NoisePredictor (wrap your net with NoisePredictor(net, sde)), got {type(model).__name__}")

@@ -38,6 +38,7 @@ in ``assets/<model>/tuned.json``) or ``sample(..., tuned=FILE)``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -53,6 +54,8 @@ from .sampling import resolve_solver, sample
 # the file side (format, loading, matching, export) lives in tuned_files.py; re-exported here
 from .tuned_files import (FORMAT, FORMAT_VERSION, export_diffusers, load_tuned, load_tuned_grid,  # noqa: F401
                           model_fingerprint, resolve_tuned, save_tuned, shipped_tuned)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["tune", "tune_grid", "reference_solve", "load_tuned", "save_tuned", "resolve_tuned", "load_tuned_grid",
            "export_diffusers", "model_fingerprint", "draw_noise", "steps_for_nfe", "SEED_STREAMS",
@@ -420,8 +423,8 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
             it = len(history)
             history.append(dict(iteration=it, calibration_rmse=c, validation_rmse=v))
             if progress:
-                print(f"  [{name} K={steps} free_start={free}] iteration {it}: calibration {c:.5f} validation {v:.5f}",
-                      flush=True)
+                log.info("[%s K=%d free_start=%s] iteration %d: calibration %.5f validation %.5f",
+                         name, steps, free, it, c, v)
             if v < best["val"]:
                 best.update(p=p.copy(), grid=g, opts=o, val=v, cal=c, iteration=it)
                 stale[0] = 0
