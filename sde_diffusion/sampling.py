@@ -84,6 +84,11 @@ def _build_grid(model: NoisePredictor, name: str, steps, spacing, timesteps, ts,
         spacing = DEFAULT_SPACING.get(name, "uniform")
         if model.sde.num_train_steps is None and spacing in ("leading", "trailing", "linspace"):
             spacing = "uniform"
+        # log-SNR and Karras grids need a finite log-SNR at t = 1; a zero-terminal-SNR path (flow
+        # matching: alpha(1) = 0) gets the grid uniform in t instead, which for flow matching is
+        # diffusers' FlowMatchEuler grid with shift 1. An explicit spacing is never replaced.
+        if getattr(model.sde, "zero_terminal_snr", False) and spacing in ("logsnr", "karras"):
+            spacing = "uniform"
     return time_grid(model.sde, steps, spacing)
 
 

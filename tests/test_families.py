@@ -401,3 +401,21 @@ def test_sample_takes_sigmas():
         sample(model, x_T, solver="heun", sigmas=sg, steps=10)
     with pytest.raises(ValueError, match="decrease strictly"):
         sample(model, x_T, solver="heun", sigmas=[1.0, 2.0, 0.0])
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_flow_model_samples_with_every_default_spacing(name):
+    """``sample(flow_model, steps=K)`` with the solver's default spacing: log-SNR/Karras grids need a
+    finite log-SNR at t = 1, so a zero-terminal-SNR path gets the grid uniform in t (diffusers'
+    FlowMatchEuler grid, shift 1) - and the solve converges to the exact flow map from t = 1 to 0."""
+    model = FAMILIES["flow"][0]()
+    x_T = torch.randn(4, D, dtype=F64, generator=torch.Generator().manual_seed(3))
+    errs = []
+    for K in (16, 32):
+        r = sample(model, x_T, solver=name, steps=K)
+        torch.testing.assert_close(r.ts, torch.linspace(1.0, 0.0, K + 1, dtype=F64))
+        exact = _exact_end(model, model.to_path_state(x_T, r.ts[0]), r.ts)
+        errs.append(float((r.samples - exact).abs().max() / max(1.0, float(exact.abs().max()))))
+    assert errs[1] < errs[0] and errs[1] < 0.1, (name, errs)
+    with pytest.raises(ValueError, match="finite log-SNR"):  # an explicit spacing is never replaced
+        sample(model, x_T, solver=name, steps=4, spacing="logsnr")
