@@ -26,6 +26,19 @@ __all__ = ["NoisePredictor", "Prediction", "PREDICTIONS", "NonFiniteOutput"]
 PREDICTIONS = ("epsilon", "v", "x0", "score")
 
 
+def net_output(out, x: torch.Tensor) -> torch.Tensor:
+    """The tensor a net returned (a diffusers output object's ``.sample``, a tuple's first entry),
+    checked to have x's shape."""
+    if hasattr(out, "sample") and not isinstance(out, torch.Tensor):  # diffusers output object
+        out = out.sample
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"net output shape {shape} does not match input shape {tuple(x.shape)}")
+    return out
+
+
 class NonFiniteOutput(FloatingPointError):
     """The network returned NaN or inf."""
 
@@ -157,13 +170,7 @@ class NoisePredictor:
                 out = self.net(xin, ts, **cond)
         else:
             out = self.net(xin, ts, **cond)
-        if hasattr(out, "sample") and not isinstance(out, torch.Tensor):  # diffusers output object
-            out = out.sample
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"net output shape {shape} does not match input shape {tuple(x.shape)}")
+        out = net_output(out, x)
         if not out.is_floating_point():
             raise ValueError(f"net returned {out.dtype} values; a noise/data prediction must be floating point")
         return out.to(x.dtype)

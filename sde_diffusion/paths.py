@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .model import NoisePredictor
+from .model import NoisePredictor, net_output
 from .sde import VPSDE, _bcast
 
 __all__ = ["GaussianPath", "PathSDE", "PathPredictor", "vp_path", "ve_path", "edm_path", "subvp_path", "flow_path",
@@ -290,15 +290,7 @@ class _PathNet:
         c = torch.hypot(a, s)
         x_p = x * _bcast(c, x)  # the family's own state
         tin = torch.as_tensor(self.time_input(t64)).to(device=x.device, dtype=self.net_time_dtype)
-        out = self.net(x_p, tin, **cond)
-        if hasattr(out, "sample") and not isinstance(out, torch.Tensor):
-            out = out.sample
-        elif isinstance(out, (tuple, list)):
-            out = out[0]
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"net output shape {shape} does not match input shape {tuple(x.shape)}")
-        out = out.to(x.dtype)
+        out = net_output(self.net(x_p, tin, **cond), x).to(x.dtype)
         A, S = _bcast(a, x), _bcast(s, x)
         p = self.prediction
         if p == "epsilon":
