@@ -184,6 +184,17 @@ def standard_coefficients(model, grid: torch.Tensor, lower_order_final: bool = T
     return np.asarray(w, dtype=np.float64)
 
 
+def _shipped_grid(model, solver: str, steps: int, options: dict) -> torch.Tensor:
+    """The grid of the shipped grid-only configuration of (solver, steps) with these options (init "tuned")."""
+    configs, where = shipped_tuned(model)
+    for c in configs:
+        if (c["solver"] == solver and int(c["steps"]) == steps and c.get("guidance") in (None, 1, 1.0)
+                and dict(c["options"]) == dict(options)):
+            return check_grid(c["ts"])
+    raise ValueError(f"init 'tuned': no shipped grid-only configuration {solver}/{steps} with options {options} "
+                     f"(in {where})")
+
+
 class _Problem:
     """Maps a flat parameter vector to (grid, solver options)."""
 
@@ -305,8 +316,11 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     options = dict(options or {})
     if "coefficients" in options:
         raise ValueError("options must not contain 'coefficients' (they are what tune learns)")
-    takes = "coefficients" in __import__("inspect").signature(fn).parameters
-    if coefficients and not takes:
+    bespoke = name == "bespoke"
+    takes = "coefficients" in __import__("inspect").signature(fn).parameters and not bespoke
+    if bespoke and coefficients is False:
+        raise ValueError("solver 'bespoke' is tuned with its coefficient matrix; for a grid-only tune pick its base solver")
+    if coefficients and not takes and not bespoke:
         raise ValueError(f"solver {name!r} takes no per-step coefficients; coefficient solvers: {', '.join(sorted(COEFFICIENT_SOLVERS))}")
     learn_coef = takes if coefficients is None else bool(coefficients)
     takes_shifts = "eval_times" in __import__("inspect").signature(fn).parameters
@@ -371,6 +385,10 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     for sp in (inits or ("logsnr", "quadratic", "uniform", "karras")):
         if sp == "leading-span":
             continue
+        if sp == "tuned":  # the grid-only configuration shipped for this solver (bespoke: for its base)
+            starts[sp] = _shipped_grid(model, options.get("base", "unipc") if bespoke else name, steps,
+                                       options.get("base_options", {}) if bespoke else options)
+            continue
         try:
             starts[sp] = time_grid(model.sde, steps, sp)
         except ValueError:
@@ -398,6 +416,20 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
         p0 = prob.pack(init_grid)
         if free:  # a start at t = 1 sits where softplus is flat: begin a little inside so it can move
             p0[0] = max(p0[0], -3.0)
+        if bespoke:  # grid + the whole coefficient matrix (tuning_bespoke.py)
+            from .tuning_bespoke import Calibration, fit_bespoke
+
+            vset = Calibration(model, x_val, reference_val, kw_val) if x_val is not None else None
+            fit = fit_bespoke(model, steps, options.get("base", "unipc"), options.get("base_options") or {},
+                              lambda u, prob=prob: prob.unpack(u)[0], p0, free,
+                              Calibration(model, x_T, reference, kw_cal), vset, maxfev, patience, init_grid,
+                              on_log=(lambda it, c, v, free=free: log.info(
+                                  "[bespoke K=%d free_start=%s] iteration %d: calibration %.5f validation %.5f",
+                                  steps, free, it, c, v)) if progress else None)
+            evaluations[0] += fit.pop("solves")
+            runs.append(dict(free_start=free, init=init, **{k: fit[k] for k in ("grid", "options", "cal", "val",
+                        "start_cal", "start_val", "iteration", "history", "parameters")}))
+            continue
         std_opts = dict(options)
         if learn_coef:
             std_opts["coefficients"] = [float(v) for v in standard_coefficients(model, init_grid, options.get("lower_order_final", True))]
@@ -494,6 +526,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
         "model_sha256": model_fingerprint(model),
         "method": ("grid (log-SNR increments" + (", free start" if pick["free_start"] else "") + ")"
                    + (" + per-step dpmpp_2m weights" if learn_coef else "")
+                   + (f" + the whole coefficient matrix (offsets from {options.get('base', 'unipc')})" if bespoke else "")
                    + (" + per-step network-time shifts" if time_shifts else "")
                    + ("; Levenberg-Marquardt" if optimizer == "lm" else "; Powell") + " on calibration RMSE, "
                    "early stopping on validation RMSE"),

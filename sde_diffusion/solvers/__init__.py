@@ -8,6 +8,7 @@ family file + its name in ``_ALL`` below. ``SOLVERS``, ``DEFAULT_SPACING``, ``AD
 from .adams import deis, ipndm, lms
 from .ancestral import ancestral, ddim
 from .ancestral_steps import dpmpp_2s_ancestral, euler_ancestral
+from .bespoke import bespoke
 from .dpm import dpm_solver, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .karras import euler, heun
 from .ode import ode, scipy
@@ -18,7 +19,7 @@ from .spec import REGISTRY, SolverSpec, render_table, solver
 from .unipc import unipc
 
 _ALL = (ancestral, ddim, euler, heun, dpm_solver, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, unipc, euler_maruyama, pc, ode, scipy,
-        euler_ancestral, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_3m_sde, lms, deis, ipndm, restart)
+        euler_ancestral, dpmpp_2s_ancestral, dpmpp_sde, dpmpp_3m_sde, lms, deis, ipndm, restart, bespoke)
 
 # name -> SolverSpec (order, NFE formula, default spacing, stochastic/adaptive, peers, options)
 SPECS = {f.spec.name: f.spec for f in _ALL}
