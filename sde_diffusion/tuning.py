@@ -184,6 +184,16 @@ def standard_coefficients(model, grid: torch.Tensor, lower_order_final: bool = T
     return np.asarray(w, dtype=np.float64)
 
 
+def check_inits(inits) -> tuple:
+    """The starting-grid names of ``tune(inits=...)``: grid spacings, ``leading-span`` and ``tuned``."""
+    from .grids import SPACINGS
+
+    valid = tuple(SPACINGS) + ("leading-span", "tuned")
+    if isinstance(inits, str) or not inits or any(v not in valid for v in inits):
+        raise ValueError(f"inits must be a non-empty list of starting grids, each one of: {', '.join(valid)}; got {inits!r}")
+    return tuple(inits)
+
+
 def _shipped_grid(model, solver: str, steps: int, options: dict) -> torch.Tensor:
     """The grid of the shipped grid-only configuration of (solver, steps) with these options (init "tuned")."""
     configs, where = shipped_tuned(model)
@@ -333,6 +343,8 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     from .sampling import _check_options
 
     _check_options(name, fn, options)
+    if inits is not None:
+        inits = check_inits(inits)
     steps = steps_for_nfe(model, name, nfe, options)
     if not isinstance(maxfev, int) or maxfev < 1:
         raise ValueError(f"maxfev must be an integer >= 1, got {maxfev!r}")

@@ -419,3 +419,23 @@ def test_flow_model_samples_with_every_default_spacing(name):
     assert errs[1] < errs[0] and errs[1] < 0.1, (name, errs)
     with pytest.raises(ValueError, match="finite log-SNR"):  # an explicit spacing is never replaced
         sample(model, x_T, solver=name, steps=4, spacing="logsnr")
+
+
+def test_ancestral_starts_at_zero_snr_and_samples_the_data_law():
+    # the flow path has alpha(1) = 0: DDPM's posterior step from there is x_t ~ N(alpha_t x0_hat, sigma_t^2)
+    model = FAMILIES["flow"][0]()
+    n = 4000
+    x_T = torch.randn(n, D, dtype=F64, generator=torch.Generator().manual_seed(5))
+    out = sample(model, x_T, solver="ancestral", ts=torch.linspace(1.0, 0.0, 201, dtype=F64), seed=11).samples
+    se = torch.sqrt(torch.diagonal(COV) / n)
+    assert ((out.mean(0) - MU).abs() < 4 * se + 0.01).all(), (out.mean(0), MU)
+    cov = torch.cov(out.T)
+    assert (cov - COV).abs().max() < 0.04, (cov, COV)  # entries' sampling sd at n = 4000 is <= 0.008
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "pc"])
+def test_reverse_sde_solvers_refuse_a_zero_snr_start_in_one_line(name):
+    model = FAMILIES["flow"][0]()
+    with pytest.raises(ValueError, match="infinite where alpha\\(t\\) = 0.*start the grid below") as e:
+        sample(model, torch.zeros(2, D, dtype=F64), solver=name, steps=4, seed=0)
+    assert "\n" not in str(e.value) and model.nfe == 0

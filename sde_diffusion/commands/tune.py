@@ -18,7 +18,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "tune",
         help="learn a model-specific few-step grid (+ per-step coefficients) for a solver and NFE",
-        description="Learn the time grid (and, for dpmpp_2m, one multistep weight per step) that make "
+        description="Learn the time grid (and, for dpmpp_2m, one multistep weight per step; for bespoke, its whole "
+        "coefficient matrix) that make "
         "SOLVER's NFE-evaluation solve closest to a tight probability-flow solve, on calibration x_T from "
         "a named seed stream, with early stopping on validation x_T and the error reported on held-out x_T "
         "(LD3 / Align Your Steps style learned time steps; Bespoke-style learned coefficients). "
@@ -41,6 +42,11 @@ def register(sub) -> None:
                    help="do not learn the per-step network evaluation times (learned by default for dpmpp_2m)")
     p.add_argument("--start", default="free", choices=["free", "fixed", "both"],
                    help="first time: learned (free, default), t = 1 (fixed), or try both")
+    p.add_argument("--init", default=None, metavar="NAME[,NAME...]",
+                   help="starting grids to choose from (the best on calibration is used): grid spacings (logsnr, "
+                        "quadratic, uniform, karras, ...), 'leading-span' (diffusers' multistep leading times, free start "
+                        "only), 'tuned' (the grid-only configuration shipped for the solver; bespoke: for its base). "
+                        "Default: logsnr,quadratic,uniform,karras,leading-span")
     p.add_argument("--maxfev", type=int, default=600, help="most objective evaluations per optimisation (default 600)")
     p.add_argument("--patience", type=int, default=2, help="stop after this many iterations without a validation gain")
     p.add_argument("--cache", default=os.path.join("~", ".cache", "sde_diffusion", "tune-references"),
@@ -157,6 +163,11 @@ def run(a) -> int:
         for c in configs:
             print(json.dumps(export_for(c, model)))
         return 0
+    inits = None if a.init is None else tuple(v.strip() for v in a.init.split(","))
+    if inits is not None:
+        from ..tuning import check_inits
+
+        check_inits(inits)
     model = _resolve(a.model, a.device)
     cond = _cond(model, a.class_)
     free = {"free": True, "fixed": False, "both": None}[a.start]
@@ -165,7 +176,7 @@ def run(a) -> int:
     res = tuning.tune(model, a.solver, a.nfe, calibration=a.calibration, validation=a.validation, holdout=a.holdout,
                       coefficients=False if a.no_coefficients else None,
                       time_shifts=False if a.no_time_shifts else None,
-                      free_start=free, options=opts,
+                      free_start=free, options=opts, inits=inits,
                       maxfev=a.maxfev, patience=a.patience, cache=cache, cond=cond, guidance=a.guidance,
                       progress=not a.quiet)
     res["model"] = a.model

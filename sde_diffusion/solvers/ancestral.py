@@ -12,6 +12,14 @@ from ..validation import choice, finite_float
 from .spec import solver
 
 
+def _one_minus_ratio_sq(al_s: float, al_t: float) -> float:
+    """1 - (alpha_s/alpha_t)^2 (the beta of the interval), accurately for small steps; 1 when alpha_s = 0
+    (a start at zero SNR, e.g. t = 1 of a flow-matching or zero-terminal-SNR model: x_s holds no signal)."""
+    if al_s == 0.0 or al_t == 0.0:
+        return 1.0
+    return -math.expm1(2 * (math.log(al_s) - math.log(al_t)))
+
+
 def _scalars(sde, s: float, t: float):
     return sde.alpha(s), sde.sigma(s), sde.alpha(t), sde.sigma(t)
 
@@ -30,7 +38,7 @@ def ancestral(model, x, ts, *, noise, callback=None, variance: str = "small"):
         s, t = float(ts[i]), float(ts[i + 1])
         al_s, si_s, al_t, si_t = _scalars(sde, s, t)
         x0 = model.predict(x, s).x0
-        beta_st = -math.expm1(2 * (math.log(al_s) - math.log(al_t))) if al_t > 0 else 1.0
+        beta_st = _one_minus_ratio_sq(al_s, al_t)
         # posterior mean (Ho et al. eq. 7): c0 x0 + cx x_s
         c0 = al_t * beta_st / si_s**2
         cx = math.sqrt(max(1.0 - beta_st, 0.0)) * si_t**2 / si_s**2
@@ -59,7 +67,7 @@ def ddim(model, x, ts, *, noise, callback=None, eta: float = 0.0):
         eps, x0 = model.predict(x, s)
         c = 0.0
         if eta > 0 and t > 0:
-            c = eta * si_t / si_s * math.sqrt(-math.expm1(2 * (math.log(al_s) - math.log(al_t))))
+            c = eta * si_t / si_s * math.sqrt(_one_minus_ratio_sq(al_s, al_t))
         dir_coef = math.sqrt(max(si_t**2 - c**2, 0.0))
         x = al_t * x0 + dir_coef * eps
         if c > 0:

@@ -25,6 +25,15 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def _check_positive_alpha(sde, t0: float, name: str) -> None:
+    """The reverse SDE's drift has beta(t) = -2 d log alpha/dt, infinite where alpha = 0: refuse such a start."""
+    if float(sde.alpha(torch.tensor(float(t0), dtype=torch.float64))) == 0.0:
+        raise ValueError(f"solver {name!r} integrates the reverse SDE, whose drift beta(t) is infinite where alpha(t) = 0, "
+                         f"as at t = {t0:g} for this model (flow matching / zero terminal SNR): start the grid below "
+                         f"that time (e.g. ts[0] = 0.999) or use a solver that starts there (ancestral, "
+                         f"dpmpp_2m_sde, euler_ancestral, dpmpp_sde, dpmpp_3m_sde)")
+
+
 @solver(order=None, nfe="K", default_spacing="uniform", stochastic=True, adaptive=False, peers=(), weak_order=1)
 def euler_maruyama(model, x, ts, *, noise, callback=None):
     """Euler-Maruyama on the reverse-time VP-SDE (Song et al. 2021, eq. 6; Kloeden & Platen 1992).
@@ -35,6 +44,7 @@ def euler_maruyama(model, x, ts, *, noise, callback=None):
     equal, score_sde's ``denoise=True`` (a full last step, then one more evaluation). NFE = len(ts) - 1.
     """
     sde = model.sde
+    _check_positive_alpha(sde, float(ts[0]), "euler_maruyama")
     for i in range(len(ts) - 1):
         s, t = float(ts[i]), float(ts[i + 1])
         eps, x0 = model.predict(x, s)
@@ -95,6 +105,7 @@ def pc(model, x, ts, *, noise, callback=None, predictor: str = "euler_maruyama",
     positive_int("n_corrector", n_corrector, low=0)
     step_fn, popts = REGISTRY[predictor].fn, dict(predictor_options or {})
     sde = model.sde
+    _check_positive_alpha(sde, float(ts[0]), "pc")
     for i in range(len(ts) - 1):
         t = float(ts[i + 1])
         seen = {}
