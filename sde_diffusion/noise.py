@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from .randomness import _WORKSPACE_MAX, Seeds, Stream, _normals, _sample_keys, randn, seed_tensor
+from .randomness import Seeds, Stream, _normals, _sample_keys, randn, seed_tensor
 
 __all__ = ["NoiseSource", "GaussianNoise", "BrownianNoise", "make_noise", "NOISE_KINDS"]
 
@@ -89,18 +89,31 @@ class BrownianNoise(NoiseSource):
     Brownian-bridge bisection W(mid) = (W(a) + W(b))/2 + sqrt((b - a)/4) Z; between level-depth
     points it is the linear interpolation. The node ids (1 for W(1), 2**l + j for midpoint
     j/2**l) are the ``Stream.BROWNIAN`` steps. A query draws its <= depth + 1 nodes for the whole
-    batch in one call; the last few W(t) are cached (solvers query consecutive intervals).
+    batch, one node at a time (each a counter-based draw), and sums weight * node in node order.
+
+    Caching (never changes a value: a cached node or W(t) is the same tensor a fresh draw gives).
+    The last W(t) is always kept (solvers query consecutive intervals, so each interval costs one
+    query); the nodes of the last query, top levels first, and older W(t) are kept while the cache
+    stays within ``cache_bytes`` (default 256 MiB): consecutive query points share the nodes of the
+    levels whose cells hold both, so those are not drawn again. Memory is therefore at most one
+    float64 copy of the batch plus ``cache_bytes``, whatever the batch and sample size.
     """
 
-    def __init__(self, shape, seeds: Seeds, dtype=torch.float32, device=None, depth: int = 24):
+    def __init__(self, shape, seeds: Seeds, dtype=torch.float32, device=None, depth: int = 24,
+                 cache_bytes: int = 256 * 2**20):
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 46:
             raise ValueError(f"depth must be an integer in [1, 46], got {depth!r}")
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
+        self.cache_bytes = cache_bytes
         self.shape, self.dtype, self.device, self.depth = tuple(shape), dtype, device, depth
         if not isinstance(seeds, int) and len(seeds) != self.shape[0]:
             raise ValueError(f"BrownianNoise needs one seed per sample: {len(seeds)} seeds for batch {self.shape[0]}")
         self._seeded = _Seeded(shape, seeds, dtype, device)
         self.seeds = self._seeded.seeds
-        self._cache: dict = {}
+        self._cache: dict = {}  # t -> W(t), most recent last
+        self._nodes: dict = {}  # node id -> its normals (B, numel) float64, from the last query
+        self._entry_bytes = self.shape[0] * self._seeded._numel * 8  # one W(t) or one node
 
     def nodes(self, t: float):
         """(node ids, float64 weights) with W(t) = sum_n weight_n Z_n (class docstring)."""
@@ -122,33 +135,50 @@ class BrownianNoise(NoiseSource):
         return ids, weights
 
     def _combination(self, ids, weights) -> torch.Tensor:
-        """sum_n weight_n Z_n over the batch, float64 (B, numel); chunked to bound memory."""
+        """sum_n weight_n Z_n over the batch, float64 (B, numel): elementwise, in node order (so
+        batch- and device-exact), from zero. Nodes of the previous query are reused, and this
+        query's top ``room`` nodes are kept for the next one (class docstring)."""
         s = self._seeded
-        out = torch.zeros(self.shape[0], s._numel, dtype=torch.float64, device=self.device)
-        chunk = max(1, _WORKSPACE_MAX // max(1, self.shape[0] * ((s._numel + 1) // 2)))  # nodes per draw
-        for a in range(0, len(ids), chunk):
-            z = _normals(s._keys, Stream.BROWNIAN, ids[a:a + chunk], s._numel)  # (B, n, numel)
-            for i, w in enumerate(weights[a:a + chunk]):  # elementwise, in node order: batch- and device-exact
-                out += z[:, i] * w
+        reuse = {n: self._nodes[n] for n in ids if n in self._nodes}
+        self._nodes = {}  # drop the rest before drawing: the cache never exceeds its budget
+        room = (self.cache_bytes - self._entry_bytes * (len(self._cache) + 1)) // max(1, self._entry_bytes)
+        B, numel = self.shape[0], s._numel
+        out = torch.zeros(B, numel, dtype=torch.float64, device=self.device)
+        tmp = torch.empty_like(out)
+        buf = torch.empty(B * ((numel + 1) // 2) * 2, dtype=torch.float64, device=self.device)  # reused
+        for i, (n, w) in enumerate(zip(ids, weights)):
+            z = reuse.get(n)
+            if z is None:  # a node kept for the next query gets its own memory
+                z = _normals(s._keys, Stream.BROWNIAN, [n], numel, out=None if i < room else buf)[:, 0]
+            out += torch.mul(z, w, out=tmp)
+            if i < room:
+                self._nodes[n] = z
         return out
 
     def W(self, t: float) -> torch.Tensor:
-        """W(t) for every sample, float64 shaped like the batch (cached for the last few t)."""
+        """W(t) for every sample, float64 shaped like the batch (the last few t are cached)."""
         t = float(t)
-        w = self._cache.get(t)
+        w = self._cache.pop(t, None)
         if w is None:
             w = self._combination(*self.nodes(t)).reshape(self.shape)
-            if len(self._cache) >= 4:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[t] = w
+        self._cache[t] = w  # most recent last
+        while len(self._cache) > 1 and self.cached_bytes() > self.cache_bytes:
+            self._cache.pop(next(iter(self._cache)))  # the oldest W(t) first ...
+        while self._nodes and self.cached_bytes() > self.cache_bytes:
+            self._nodes.popitem()  # ... then the deepest cached nodes
         return w
+
+    def cached_bytes(self) -> int:
+        """Bytes held by the W(t) and node caches: at most max(cache_bytes, one W(t))."""
+        return self._entry_bytes * (len(self._cache) + len(self._nodes))
 
     def interval(self, t0, t1):
         t0, t1 = float(t0), float(t1)
         h = abs(t1 - t0)
         if h == 0:
             raise ValueError("Brownian increment over an empty interval")
-        return ((self.W(t1) - self.W(t0)) / math.sqrt(h)).to(self.dtype)
+        w0 = self.W(t0)  # usually the previous interval's end, cached; then the new end
+        return ((self.W(t1) - w0) / math.sqrt(h)).to(self.dtype)
 
     def fresh(self):
         return self._seeded._next(Stream.CORRECTOR)

@@ -310,12 +310,17 @@ def _fill(row_keys: torch.Tensor, pairs: int, out: torch.Tensor) -> torch.Tensor
     return out
 
 
-def _normals(keys: torch.Tensor, stream: int, steps, numel: int, dtype=torch.float64) -> torch.Tensor:
-    """Normals (B, L, numel) as ``dtype`` for sample keys (B,) and steps (L,)."""
+def _normals(keys: torch.Tensor, stream: int, steps, numel: int, dtype=torch.float64, out=None) -> torch.Tensor:
+    """Normals (B, L, numel) as ``dtype`` for sample keys (B,) and steps (L,); ``out``: optional
+    contiguous buffer of B L (numel + 1) // 2 * 2 elements of ``dtype`` to draw into (returned as a
+    view)."""
     words = _step_words(stream, steps, keys.device)
     pairs = (numel + 1) // 2
     row_keys = _mix(keys[:, None] ^ words[None, :]).view(-1)  # (B L,): sample-major
-    out = torch.empty(row_keys.shape[0], pairs, 2, dtype=dtype, device=keys.device)
+    if out is None:
+        out = torch.empty(row_keys.shape[0], pairs, 2, dtype=dtype, device=keys.device)
+    else:
+        out = out.view(row_keys.shape[0], pairs, 2)
     _fill(row_keys, pairs, out)
     return out.view(keys.shape[0], words.shape[0], 2 * pairs)[..., :numel]
 

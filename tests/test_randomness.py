@@ -15,6 +15,8 @@ import torch
 from scipy import stats
 
 from sde_diffusion.analytic import GaussianMixture
+from sde_diffusion import noise as noise_module
+from sde_diffusion import randomness
 from sde_diffusion.noise import BrownianNoise, GaussianNoise, make_noise
 from sde_diffusion.randomness import (Stream, _hash_bits, _mix, _sample_keys, _step_words, check_seed,
                                       counter_randn, draw_x_T, per_sample_generators, seed_tensor)
@@ -114,6 +116,19 @@ def test_element_j_does_not_depend_on_the_sample_shape():
     b = counter_randn(3, (2, 7), Stream.STEP, 0).flatten(1)
     c = counter_randn(3, (2, 2, 5), Stream.STEP, 0).flatten(1)
     assert torch.equal(a[:, :7], b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_values_do_not_depend_on_how_the_draw_is_chunked(monkeypatch, chunk):
+    """The draw runs in cache-sized chunks of rows (sample, step) or, for long rows, of pairs; tiny
+    chunks split rows mid-way and must give the default's bits (odd numel: a half-used last pair)."""
+    seeds, shape = [3, 2**62, 11], (3, 5, 41)
+    ref = {dt: counter_randn(seeds, shape, Stream.STEP, 2, dtype=dt) for dt in (torch.float32, torch.float64)}
+    brown = BrownianNoise((3, 7), seeds=seeds, dtype=torch.float64).W(0.3)
+    monkeypatch.setattr(randomness, "_CPU_CHUNK", chunk)
+    for dt, z in ref.items():
+        assert torch.equal(counter_randn(seeds, shape, Stream.STEP, 2, dtype=dt), z)
+    assert torch.equal(BrownianNoise((3, 7), seeds=seeds, dtype=torch.float64).W(0.3), brown)
 
 
 def test_dtype_is_a_cast_of_the_float64_values():
@@ -281,6 +296,36 @@ def test_brownian_fresh_and_make_noise():
     assert torch.equal(src.seeds, torch.tensor([9, 10]))
     with pytest.raises(ValueError, match="depth"):
         BrownianNoise((2, 3), seeds=0, depth=0)
+
+
+def test_brownian_cache_is_bounded_by_bytes_and_never_changes_a_value(monkeypatch):
+    """Memory: the W(t) and node caches hold at most max(cache_bytes, one W(t)) bytes, whatever the
+    batch/sample size (a count bound would grow with both). Speed: with room, consecutive queries
+    reuse the shared top nodes (fewer draws). Values: bitwise the same for every budget."""
+    shape, grid = (16, 3, 8, 8), [1.0 - i / 20 for i in range(21)]
+    entry = 16 * 3 * 8 * 8 * 8  # bytes of one float64 W(t) or node
+    draws, results = {}, {}
+    real = noise_module._normals
+
+    def counting(*a, **k):
+        draws[budget] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(noise_module, "_normals", counting)
+    for budget in (0, 3 * entry, 10**9):
+        draws[budget] = 0
+        src = BrownianNoise(shape, seeds=4, dtype=torch.float64, cache_bytes=budget)
+        incs = []
+        for a, b in zip(grid[:-1], grid[1:]):
+            incs.append(src.interval(a, b))
+            assert src.cached_bytes() <= max(budget, entry)
+        results[budget] = torch.stack(incs)
+    assert torch.equal(results[0], results[3 * entry]) and torch.equal(results[0], results[10**9])
+    probe = BrownianNoise((1, 1), seeds=0)
+    assert draws[0] == sum(len(probe.nodes(t)[0]) for t in grid)  # each W(t) once, no node reuse
+    assert draws[10**9] < draws[3 * entry] < draws[0]
+    with pytest.raises(ValueError, match="cache_bytes"):
+        BrownianNoise(shape, seeds=0, cache_bytes=-1)
 
 
 # ---- CUDA (skipped without a GPU) -------------------------------------------------------------
