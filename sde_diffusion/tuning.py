@@ -194,6 +194,37 @@ def check_inits(inits) -> tuple:
     return tuple(inits)
 
 
+def _shipped_matrices(model, steps: int, guidance) -> dict:
+    """{"tuned:<solver>": (grid, A)} for every configuration shipped for ``model`` with ``steps`` steps (and this
+    guidance) whose solver is linear (bespoke, its bases, dpmpp_2m with learned weights and network times): its
+    coefficient matrix found by a probe run, on the grid of its network-evaluation times."""
+    from .solvers import SOLVERS
+    from .solvers.bespoke import BASES, probe_matrix
+
+    configs, _ = shipped_tuned(model)
+    g = None if guidance in (None, 1, 1.0) else float(guidance)
+    out = {}
+    for c in configs:
+        cg = None if c.get("guidance") in (None, 1, 1.0) else float(c["guidance"])
+        if int(c["steps"]) != steps or cg != g or c["solver"] not in BASES + ("bespoke",):
+            continue
+        ts = torch.tensor(c["ts"], dtype=torch.float64)
+        if c["solver"] == "bespoke":
+            grid, A = ts, [list(r) for r in c["options"]["coefficients"]]
+        else:
+            M, times = probe_matrix(model.sde, SOLVERS[c["solver"]], ts, c["options"])
+            if len(times) != steps:
+                continue
+            grid = torch.tensor(times + [float(ts[-1])], dtype=torch.float64)
+            if not bool((grid[1:] < grid[:-1]).all()):
+                continue  # network times out of order: not a grid
+            A = [[float(v) for v in M[i, : i + 1]] for i in range(steps + 1)]
+        fixed = ",".join(f"{k}={v}" for k, v in sorted(c["options"].items()) if k not in ("coefficients", "eval_times"))
+        key = f"tuned:{c['solver']}" + (f":{fixed}" if fixed else "")
+        out[key] = (grid, A)
+    return out
+
+
 def _shipped_grid(model, solver: str, steps: int, options: dict) -> torch.Tensor:
     """The grid of the shipped grid-only configuration of (solver, steps) with these options (init "tuned")."""
     configs, where = shipped_tuned(model)
@@ -393,13 +424,16 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     val = (lambda g, o: err(x_val, reference_val, g, o, kw_val)) if x_val is not None else cal  # noqa: E731
 
     # starting grids: the standard spacings and, for a free start, diffusers' multistep leading span
-    starts = {}
+    starts, start_opts = {}, {}  # start_opts: a start's own options (bespoke: a shipped configuration's matrix)
     for sp in (inits or ("logsnr", "quadratic", "uniform", "karras")):
         if sp == "leading-span":
             continue
-        if sp == "tuned":  # the grid-only configuration shipped for this solver (bespoke: for its base)
-            starts[sp] = _shipped_grid(model, options.get("base", "unipc") if bespoke else name, steps,
-                                       options.get("base_options", {}) if bespoke else options)
+        if sp == "tuned" and bespoke:  # every shipped linear configuration of this K, as its matrix
+            for key, (g, A) in _shipped_matrices(model, steps, guidance).items():
+                starts[key], start_opts[key] = g, {**options, "coefficients": A}
+            continue
+        if sp == "tuned":  # the grid-only configuration shipped for this solver
+            starts[sp] = _shipped_grid(model, name, steps, options)
             continue
         try:
             starts[sp] = time_grid(model.sde, steps, sp)
@@ -412,7 +446,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
         starts["leading-span"] = tl
     scored = {}
     for sp, g in starts.items():
-        o = dict(options)
+        o = dict(start_opts.get(sp, options))
         if learn_coef:
             o["coefficients"] = [float(v) for v in standard_coefficients(model, g, options.get("lower_order_final", True))]
         scored[sp] = cal(g, o)
@@ -428,6 +462,9 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
         p0 = prob.pack(init_grid)
         if free:  # a start at t = 1 sits where softplus is flat: begin a little inside so it can move
             p0[0] = max(p0[0], -3.0)
+        std_opts = dict(start_opts.get(init, options))
+        if learn_coef:
+            std_opts["coefficients"] = [float(v) for v in standard_coefficients(model, init_grid, options.get("lower_order_final", True))]
         if bespoke:  # grid + the whole coefficient matrix (tuning_bespoke.py)
             from .tuning_bespoke import Calibration, fit_bespoke
 
@@ -435,6 +472,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
             fit = fit_bespoke(model, steps, options.get("base", "unipc"), options.get("base_options") or {},
                               lambda u, prob=prob: prob.unpack(u)[0], p0, free,
                               Calibration(model, x_T, reference, kw_cal), vset, maxfev, patience, init_grid,
+                              A_start=std_opts.get("coefficients"),
                               on_log=(lambda it, c, v, free=free: log.info(
                                   "[bespoke K=%d free_start=%s] iteration %d: calibration %.5f validation %.5f",
                                   steps, free, it, c, v)) if progress else None)
@@ -442,9 +480,6 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
             runs.append(dict(free_start=free, init=init, **{k: fit[k] for k in ("grid", "options", "cal", "val",
                         "start_cal", "start_val", "iteration", "history", "parameters")}))
             continue
-        std_opts = dict(options)
-        if learn_coef:
-            std_opts["coefficients"] = [float(v) for v in standard_coefficients(model, init_grid, options.get("lower_order_final", True))]
 
         def objective(p, prob=prob):
             evaluations[0] += 1
@@ -524,7 +559,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     if x_holdout is not None:
         hold = err(x_holdout, reference_holdout, pick["grid"], pick["options"], kw_hold)
         g_init = starts[pick["init"]]
-        o_init = dict(options)
+        o_init = dict(start_opts.get(pick["init"], options))
         if learn_coef:
             o_init["coefficients"] = [float(v) for v in standard_coefficients(model, g_init, options.get("lower_order_final", True))]
         hold0 = err(x_holdout, reference_holdout, g_init, o_init, kw_hold)

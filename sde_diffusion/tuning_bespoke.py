@@ -84,14 +84,20 @@ class _Matrix:
 
 def fit_bespoke(model, K: int, base: str, base_options: dict, grid_of: Callable, u0: np.ndarray, free_start: bool,
                 cal: Calibration, val: Optional[Calibration], maxfev: int, patience: int, start_grid: torch.Tensor,
-                on_log: Optional[Callable] = None, h: float = 1e-3) -> dict:
+                A_start=None, on_log: Optional[Callable] = None, h: float = 1e-3) -> dict:
     """Levenberg-Marquardt (Marquardt 1963, scaled damping) over (grid, matrix offsets) from the base solver on
     the grid ``grid_of(u0)``; ``maxfev`` counts K-evaluation solves of the calibration set. Returns the best point
-    on validation with its history; the first candidate is the base solver on ``start_grid`` (the standard start),
-    so the result is never worse than it on validation."""
+    on validation with its history; the first candidate is the start: ``A_start`` (rows of a lower-triangular
+    matrix, e.g. a shipped configuration's) or the base solver on ``start_grid``, so the result is never worse
+    than it on validation. The fit starts from the offsets that make ``A_start`` on ``grid_of(u0)``."""
     P = _Matrix(model, K, grid_of, len(u0), base, base_options)
-    A_start = linear_coefficients(model.sde, base, start_grid, base_options)
     p = np.concatenate([np.asarray(u0, dtype=np.float64), np.zeros(P.size - len(u0))])
+    if A_start is None:
+        A_start = linear_coefficients(model.sde, base, start_grid, base_options)
+    else:
+        A_start = torch.tensor([list(r) + [0.0] * (K + 1 - len(r)) for r in A_start], dtype=torch.float64)
+        _, A0, S = P.unpack(p)  # offsets: (A_start - base matrix on the start grid) / scale
+        p[P.n_grid:] = ((A_start - A0) / S)[P.rows, P.cols].numpy()
     spent = [0.0]
 
     def point(q):

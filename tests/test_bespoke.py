@@ -89,3 +89,21 @@ def test_learned_matrix_beats_a_learned_grid_on_an_exact_flow_map():
     out = sample(m, xh, solver="bespoke", ts=torch.tensor(r["ts"], dtype=torch.float64), **r["options"]).samples
     assert _rmse(out, exact(xh)) == r["holdout"]["rmse"]
     assert math.isfinite(r["validation"]["rmse"]) and r["validation"]["rmse"] <= r["validation"]["start_rmse"]
+
+
+def test_probe_turns_a_time_shifted_dpmpp_2m_into_a_bespoke_matrix():
+    # dpmpp_2m with learned weights and network times (tuning's output) is linear too: its matrix on the grid of
+    # its network times reproduces it, which is how a bespoke tune starts from a shipped dpmpp_2m configuration
+    from sde_diffusion.solvers import SOLVERS
+    from sde_diffusion.solvers.bespoke import probe_matrix
+
+    m = _net_model()
+    x = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ts = torch.tensor([0.97, 0.7, 0.45, 0.2, 0.0], dtype=torch.float64)
+    opts = dict(coefficients=[0.3, -0.2, 0.8], eval_times=[0.99, 0.66, 0.47, 0.18])
+    ref = sample(m, x, solver="dpmpp_2m", ts=ts, **opts).samples
+    A, times = probe_matrix(m.sde, SOLVERS["dpmpp_2m"], ts, opts)
+    assert times == pytest.approx(opts["eval_times"], abs=1e-15)
+    grid = torch.tensor(times + [0.0], dtype=torch.float64)
+    out = sample(m, x, solver="bespoke", ts=grid, coefficients=[A[i, : i + 1].tolist() for i in range(5)]).samples
+    torch.testing.assert_close(out, ref, rtol=1e-11, atol=1e-11)

@@ -183,6 +183,8 @@ def plan(model, solvers: Sequence[str], nfes: Sequence[int], quick: bool, peers=
             sp_list = [DEFAULT_SPACING.get(name, "uniform")]
         if not discrete:
             sp_list = [s for s in sp_list if s not in ("trailing", "leading", "linspace")]
+        if name == "bespoke":  # untuned, it is its base solver (rows of its own): only its tuned rows are new
+            sp_list = []
         for opts in variants:
             for sp in sp_list:
                 for nfe in nfes:

@@ -31,7 +31,7 @@ import torch
 from ..validation import choice
 from .spec import REGISTRY, solver
 
-__all__ = ["bespoke", "linear_coefficients", "run_linear", "BASES"]
+__all__ = ["bespoke", "linear_coefficients", "probe_matrix", "run_linear", "BASES"]
 
 # one network evaluation per step, at the grid's times, deterministic and linear: the bases
 BASES = ("unipc", "dpmpp_3m", "dpmpp_2m", "deis", "ipndm", "lms", "ddim", "euler")
@@ -52,7 +52,7 @@ class _Probe:
     def predict(self, x: torch.Tensor, t) -> _Prediction:
         j = len(self.calls)
         if j + 1 >= self.dim:
-            raise ValueError("the base solver evaluated the network more than once per step")
+            raise ValueError(f"the solver made more than {self.dim - 2} network evaluations on the probe")
         self.calls.append(x.detach().clone())
         tt = float(torch.as_tensor(t, dtype=torch.float64).reshape(-1)[0])
         self.times.append(tt)
@@ -63,6 +63,20 @@ class _Probe:
         return _Prediction((x - a * x0) / s, x0)
 
 
+def probe_matrix(sde, fn, ts: torch.Tensor, options: Optional[Mapping] = None) -> tuple:
+    """(A, eval_times) of the linear solver function ``fn`` with ``options`` on grid ``ts``: row i < M of A is the state
+    it hands to its i-th network evaluation (made at eval_times[i]), row M its output, over [x_T, D_0 .. D_(M-1)]."""
+    ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1).cpu()
+    dim = 4 * len(ts) + 4
+    probe = _Probe(sde, dim)
+    x = torch.zeros(1, dim, dtype=torch.float64)
+    x[0, 0] = 1.0
+    out = fn(probe, x, ts, noise=None, callback=None, **dict(options or {}))
+    out = out[0] if isinstance(out, tuple) else out
+    M = len(probe.calls)
+    return torch.cat([torch.cat(probe.calls), out])[:, : M + 1].tril(), probe.times
+
+
 def linear_coefficients(sde, base: str, ts: torch.Tensor, base_options: Optional[Mapping] = None) -> torch.Tensor:
     """The (K+1) x (K+1) float64 matrix A of ``base`` on grid ``ts`` (module docstring): row i < K is the state
     the base hands to its i-th network evaluation, row K its output, over [x_T, D_0, ..., D_{K-1}]."""
@@ -71,15 +85,11 @@ def linear_coefficients(sde, base: str, ts: torch.Tensor, base_options: Optional
         raise ValueError(f"base_options must be a dict of the base solver's options, got {type(base_options).__name__}")
     ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1).cpu()
     K = len(ts) - 1
-    probe = _Probe(sde, K + 1)
-    x = torch.zeros(1, K + 1, dtype=torch.float64)
-    x[0, 0] = 1.0
-    out = REGISTRY[base].fn(probe, x, ts, noise=None, callback=None, **dict(base_options or {}))
-    out = out[0] if isinstance(out, tuple) else out
-    if len(probe.calls) != K or any(abs(a - float(b)) > 1e-12 for a, b in zip(probe.times, ts[:-1])):
+    A, times = probe_matrix(sde, REGISTRY[base].fn, ts, base_options)
+    if len(times) != K or any(abs(a - float(b)) > 1e-12 for a, b in zip(times, ts[:-1])):
         raise ValueError(f"base {base!r} does not evaluate the network once at each grid time "
-                         f"({len(probe.calls)} evaluations for {K} steps); bases: {', '.join(BASES)}")
-    return torch.cat([torch.cat(probe.calls), out]).tril()
+                         f"({len(times)} evaluations for {K} steps); bases: {', '.join(BASES)}")
+    return A
 
 
 def _check_matrix(coefficients, K: int) -> torch.Tensor:
