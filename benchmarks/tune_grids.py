@@ -99,6 +99,41 @@ def select_from_log(model_name: str, solvers=None) -> None:
     atomic_write_text(ship, json.dumps({"configs": keep + list(best.values())}, indent=1) + "\n")
 
 
+def record(r: dict, model, model_name: str, x_b, ref_b, ship, t0=None) -> None:
+    """Score tune result ``r`` on the benchmark x_T, append it to results.jsonl and (``ship``: the model's tuned.json)
+    ship it unless the shipped configuration of that solver/steps has a lower validation + held-out MSE."""
+    solver, nfe = r["solver"], int(r["nfe"])
+    r["model"] = model_name
+    out = sample(model, x_b, solver=solver, tuned=r).samples
+    r["benchmark"] = {"n": x_b.shape[0], "seeds": "0..n-1 (benchmarks/results)",
+                      "rmse": float(((out.double() - ref_b.double()) ** 2).mean().sqrt())}
+    best2 = diffusers_best(2 * nfe)
+    if best2:
+        r["benchmark"]["diffusers_best_at_2x"] = {"rmse": best2[0], "scheduler": best2[1], "spacing": best2[2],
+                                                  "ratio": r["benchmark"]["rmse"] / best2[0]}
+    line = (f"{solver} NFE {nfe}: calibration {r['calibration']['rmse']:.4f} (start {r['calibration']['start_rmse']:.4f}) "
+            f"validation {r['validation']['rmse']:.4f} holdout {r['holdout']['rmse']:.4f} "
+            f"(start {r['holdout']['start_rmse']:.4f}) benchmark x_T {r['benchmark']['rmse']:.4f}")
+    if best2:
+        line += f" | diffusers best @NFE {2 * nfe}: {best2[0]:.4f} ({best2[1]}, {best2[2]}) ratio {r['benchmark']['rmse'] / best2[0]:.2f}"
+    line += f" | {r['wall_s']:.0f} s tune ({r['reference_s']:.0f} s references), {r['evaluations']} solves, {time.perf_counter() - t0:.0f} s total" if t0 else ""
+    print(line, flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with open(OUT, "a") as f:
+        f.write(json.dumps(r) + "\n")
+    if ship is not None:
+        configs = load_tuned(ship) if ship.is_file() else []
+        same = lambda c: c["solver"] == r["solver"] and int(c["steps"]) == int(r["steps"]) and c.get("guidance") == r.get("guidance")  # noqa: E731
+        old = [c for c in configs if same(c)]
+        if old and old[0].get("holdout", {}).get("rmse") is not None \
+                and heldout_mse(old[0]) <= heldout_mse(r):
+            print(f"  keeping the shipped {solver}/{r['steps']} (validation + held-out MSE "
+                  f"{heldout_mse(old[0]):.5f} <= {heldout_mse(r):.5f})", flush=True)
+            return
+        configs = [c for c in configs if not same(c)] + [r]
+        atomic_write_text(ship, json.dumps({"configs": configs}, indent=1) + "\n")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="digits")
@@ -113,6 +148,10 @@ def main(argv=None):
     p.add_argument("--no-coefficients", action="store_true")
     p.add_argument("--time-shifts", action="store_true", help="also learn per-step network times (dpmpp_2m)")
     p.add_argument("--no-ship", action="store_true")
+    p.add_argument("--init", default=None, help="starting grids, comma-separated (tune --init)")
+    p.add_argument("--start", default="free", choices=["free", "fixed", "both"])
+    p.add_argument("--record", nargs="+", default=None, metavar="FILE",
+                   help="record tune JSONs made elsewhere (e.g. by `sde-diffusion tune --out`) like a tune of this script")
     p.add_argument("--select", action="store_true",
                    help="only rebuild the shipped tuned.json from results.jsonl (lowest validation + held-out MSE)")
     a = p.parse_args(argv)
@@ -121,6 +160,12 @@ def main(argv=None):
     torch.set_num_threads(1)
     model = load_model(a.model)
     x_b, ref_b = bench_set(model)
+    ship = ASSETS_DIR / a.model / "tuned.json"
+    if a.record:
+        for f in a.record:
+            for r in load_tuned(f):
+                record(dict(r), model, a.model, x_b, ref_b, None if a.no_ship else ship)
+        return
     cache = os.path.expanduser("~/.cache/sde_diffusion/tune-references")
     opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in a.option)}
     ship = ASSETS_DIR / a.model / "tuned.json"
@@ -129,37 +174,9 @@ def main(argv=None):
             t0 = time.perf_counter()
             r = tune(model, solver, nfe, calibration=a.calibration, validation=a.validation, holdout=a.holdout,
                      maxfev=a.maxfev, patience=a.patience, cache=cache, options=opts, coefficients=False if a.no_coefficients else None,
-                     time_shifts=a.time_shifts,
-                     progress=True)
-            r["model"] = a.model
-            out = sample(model, x_b, solver=solver, tuned=r).samples
-            r["benchmark"] = {"n": x_b.shape[0], "seeds": "0..n-1 (benchmarks/results)",
-                              "rmse": float(((out.double() - ref_b.double()) ** 2).mean().sqrt())}
-            best2 = diffusers_best(2 * nfe)
-            if best2:
-                r["benchmark"]["diffusers_best_at_2x"] = {"rmse": best2[0], "scheduler": best2[1], "spacing": best2[2],
-                                                          "ratio": r["benchmark"]["rmse"] / best2[0]}
-            line = (f"{solver} NFE {nfe}: calibration {r['calibration']['rmse']:.4f} (start {r['calibration']['start_rmse']:.4f}) "
-                    f"validation {r['validation']['rmse']:.4f} holdout {r['holdout']['rmse']:.4f} "
-                    f"(start {r['holdout']['start_rmse']:.4f}) benchmark x_T {r['benchmark']['rmse']:.4f}")
-            if best2:
-                line += f" | diffusers best @NFE {2 * nfe}: {best2[0]:.4f} ({best2[1]}, {best2[2]}) ratio {r['benchmark']['rmse'] / best2[0]:.2f}"
-            line += f" | {r['wall_s']:.0f} s tune ({r['reference_s']:.0f} s references), {r['evaluations']} solves, {time.perf_counter() - t0:.0f} s total"
-            print(line, flush=True)
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            with open(OUT, "a") as f:
-                f.write(json.dumps(r) + "\n")
-            if not a.no_ship:
-                configs = load_tuned(ship) if ship.is_file() else []
-                same = lambda c: c["solver"] == r["solver"] and int(c["steps"]) == int(r["steps"]) and c.get("guidance") == r.get("guidance")  # noqa: E731
-                old = [c for c in configs if same(c)]
-                if old and old[0].get("holdout", {}).get("rmse") is not None \
-                        and heldout_mse(old[0]) <= heldout_mse(r):
-                    print(f"  keeping the shipped {solver}/{r['steps']} (validation + held-out MSE "
-                          f"{heldout_mse(old[0]):.5f} <= {heldout_mse(r):.5f})", flush=True)
-                    continue
-                configs = [c for c in configs if not same(c)] + [r]
-                atomic_write_text(ship, json.dumps({"configs": configs}, indent=1) + "\n")
+                     time_shifts=a.time_shifts, free_start={"free": True, "fixed": False, "both": None}[a.start],
+                     inits=None if a.init is None else a.init.split(","), progress=True)
+            record(r, model, a.model, x_b, ref_b, None if a.no_ship else ship, t0)
 
 
 if __name__ == "__main__":

@@ -189,8 +189,9 @@ def check_inits(inits) -> tuple:
     from .grids import SPACINGS
 
     valid = tuple(SPACINGS) + ("leading-span", "tuned")
-    if isinstance(inits, str) or not inits or any(v not in valid for v in inits):
-        raise ValueError(f"inits must be a non-empty list of starting grids, each one of: {', '.join(valid)}; got {inits!r}")
+    if isinstance(inits, str) or not inits or any(v not in valid and not str(v).startswith("tuned:") for v in inits):
+        raise ValueError(f"inits must be a non-empty list of starting grids, each one of: {', '.join(valid)}, "
+                         f"tuned:SOLVER (bespoke: that shipped configuration's matrix); got {inits!r}")
     return tuple(inits)
 
 
@@ -428,9 +429,10 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     for sp in (inits or ("logsnr", "quadratic", "uniform", "karras")):
         if sp == "leading-span":
             continue
-        if sp == "tuned" and bespoke:  # every shipped linear configuration of this K, as its matrix
+        if sp.startswith("tuned") and bespoke:  # shipped linear configurations of this K ("tuned:S": solver S's), as matrices
             for key, (g, A) in _shipped_matrices(model, steps, guidance).items():
-                starts[key], start_opts[key] = g, {**options, "coefficients": A}
+                if sp == "tuned" or key == sp or key.startswith(sp + ":"):
+                    starts[key], start_opts[key] = g, {**options, "coefficients": A}
             continue
         if sp == "tuned":  # the grid-only configuration shipped for this solver
             starts[sp] = _shipped_grid(model, name, steps, options)

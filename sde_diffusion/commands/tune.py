@@ -45,7 +45,8 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, metavar="NAME[,NAME...]",
                    help="starting grids to choose from (the best on calibration is used): grid spacings (logsnr, "
                         "quadratic, uniform, karras, ...), 'leading-span' (diffusers' multistep leading times, free start "
-                        "only), 'tuned' (the grid-only configuration shipped for the solver; bespoke: for its base). "
+                        "only), 'tuned' (the grid-only configuration shipped for the solver; bespoke: every shipped linear "
+                        "configuration of this NFE, as its coefficient matrix; 'tuned:SOLVER' only SOLVER's). "
                         "Default: logsnr,quadratic,uniform,karras,leading-span")
     p.add_argument("--maxfev", type=int, default=600, help="most objective evaluations per optimisation (default 600)")
     p.add_argument("--patience", type=int, default=2, help="stop after this many iterations without a validation gain")
