@@ -147,9 +147,9 @@ def _sample_keys(seeds: torch.Tensor) -> torch.Tensor:
     return _mix(seeds + _G)
 
 
-def _step_words(stream: int, steps, device=None) -> torch.Tensor:
-    """stream * 2**48 + step for each step, int64 (L,) on ``device``; steps are Python ints (checked
-    on the host, no device sync) or an int64 tensor."""
+def _words(stream: int, steps) -> list:
+    """stream * 2**48 + step for each step, as Python ints (checked on the host: no device sync);
+    ``steps``: an int, a sequence of ints or an int64 tensor."""
     s = int(stream)
     if not 0 <= s < (1 << 15):
         raise ValueError(f"stream must be an integer in [0, 2**15), got {stream!r}")
@@ -160,7 +160,12 @@ def _step_words(stream: int, steps, device=None) -> torch.Tensor:
     steps = [operator.index(i) for i in steps]
     if any(i < 0 or i >= 1 << _STREAM_SHIFT for i in steps):
         raise ValueError(f"steps must lie in [0, 2**{_STREAM_SHIFT}), got {steps[:4]}...")
-    return torch.tensor([i + (s << _STREAM_SHIFT) for i in steps], dtype=torch.int64, device=device)
+    return [i + (s << _STREAM_SHIFT) for i in steps]
+
+
+def _step_words(stream: int, steps, device=None) -> torch.Tensor:
+    """``_words`` as an int64 tensor (L,) on ``device``."""
+    return torch.tensor(_words(stream, steps), dtype=torch.int64, device=device)
 
 
 _COUNTERS: dict = {}
@@ -316,15 +321,19 @@ def _normals(keys: torch.Tensor, stream: int, steps, numel: int, dtype=torch.flo
     """Normals (B, L, numel) as ``dtype`` for sample keys (B,) and steps (L,); ``out``: optional
     contiguous buffer of B L (numel + 1) // 2 * 2 elements of ``dtype`` to draw into (returned as a
     view)."""
-    words = _step_words(stream, steps, keys.device)
+    words = _words(stream, steps)
     pairs = (numel + 1) // 2
-    row_keys = _mix(keys[:, None] ^ words[None, :]).view(-1)  # (B L,): sample-major
+    if len(words) == 1:  # one step (every solver step): a scalar xor, no word tensor
+        row_keys = _mix(keys ^ words[0])
+    else:
+        w = torch.tensor(words, dtype=torch.int64, device=keys.device)
+        row_keys = _mix(keys[:, None] ^ w[None, :]).view(-1)  # (B L,): sample-major
     if out is None:
         out = torch.empty(row_keys.shape[0], pairs, 2, dtype=dtype, device=keys.device)
     else:
         out = out.view(row_keys.shape[0], pairs, 2)
     _fill(row_keys, pairs, out)
-    return out.view(keys.shape[0], words.shape[0], 2 * pairs)[..., :numel]
+    return out.view(keys.shape[0], len(words), 2 * pairs)[..., :numel]
 
 
 def counter_randn(seeds: Seeds, shape, stream: int, step: int = 0, *, dtype=torch.float32,
