@@ -131,6 +131,45 @@ def test_values_do_not_depend_on_how_the_draw_is_chunked(monkeypatch, chunk):
     assert torch.equal(BrownianNoise((3, 7), seeds=seeds, dtype=torch.float64).W(0.3), brown)
 
 
+def test_compiled_noise_falls_back_to_the_eager_draw(monkeypatch, caplog):
+    """Opt-in compiled draw: where torch.compile fails (no compiler), one warning, then the eager
+    path, with the same values."""
+    ref = counter_randn(4, (3, 9), Stream.STEP, 1, dtype=torch.float64)
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(randomness, "_COMPILED", {})
+    monkeypatch.setattr(randomness.torch, "compile", broken)
+    randomness.use_compiled_noise(True)
+    try:
+        assert torch.equal(counter_randn(4, (3, 9), Stream.STEP, 1, dtype=torch.float64), ref)
+        assert not randomness._USE_COMPILED and "compiled noise unavailable" in caplog.text
+    finally:
+        randomness.use_compiled_noise(False)
+
+
+@pytest.mark.slow
+def test_compiled_noise_is_bitwise_the_eager_draw(monkeypatch):
+    """The compiled kernels (``use_compiled_noise``) against the eager draw, float32 and float64
+    (float64 shows a one-ulp difference in ~1% of values, e.g. a compiled sqrt or a fused
+    multiply-add), with row chunking, odd numel and a Brownian path. Compiles for ~30 s."""
+    monkeypatch.setattr(randomness, "_COMPILED_CHUNK", 4096)
+    cases = [((4096, 1, 8, 8), 0, 3), ((513, 1001), 2**62, 1), ((7, 5), 11, 2**40), ((1, 1), 5, 0)]
+    ref = {(c, dt): counter_randn(c[1], c[0], Stream.STEP, c[2], dtype=dt)
+           for c in cases for dt in (torch.float32, torch.float64)}
+    brown = BrownianNoise((64, 3, 5), seeds=9, dtype=torch.float64).interval(0.7, 0.3)
+    randomness.use_compiled_noise(True)
+    try:
+        for (c, dt), z in ref.items():
+            assert torch.equal(counter_randn(c[1], c[0], Stream.STEP, c[2], dtype=dt), z)
+        assert torch.equal(BrownianNoise((64, 3, 5), seeds=9, dtype=torch.float64).interval(0.7, 0.3), brown)
+        if not randomness._USE_COMPILED:
+            pytest.skip("torch.compile is not available here (the eager fallback was used)")
+    finally:
+        randomness.use_compiled_noise(False)
+
+
 def test_dtype_is_a_cast_of_the_float64_values():
     z64 = counter_randn(0, (3, 50), Stream.STEP, 1, dtype=torch.float64)
     for dt in (torch.float32, torch.bfloat16, torch.float16):
