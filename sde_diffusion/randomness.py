@@ -19,12 +19,13 @@ Counter-based noise (``counter_randn``)
     (tested); (b) the integer hash is bitwise identical on every device: it uses only int64
     add, multiply, xor, and, arithmetic shift (logical shifts are emulated by masking), which
     torch computes modulo 2**64 on CPU and CUDA alike (tested against a pure-Python reference and
-    SplitMix64's published outputs); (c) the float transform uses IEEE add/multiply, an exact sqrt
-    and table values made on the CPU (cos and sin, see ``_box_muller``), plus one ``log`` from the
-    device's math library, which can differ by an ulp of float64 between CPU and CUDA. So float64
-    noise agrees across devices to about 1e-16 relative, and float32 noise is bitwise equal except
-    where a float64 value lies within that distance of a float32 rounding boundary (about one
-    value in 10**8). tests/test_randomness.py checks this on CUDA where a GPU exists; none was
+    SplitMix64's published outputs); (c) the float transform uses IEEE add/multiply and table
+    values made on the CPU (cos and sin, see ``_box_muller``), plus one ``log`` and one ``sqrt``
+    from the device's math library, which can differ by an ulp of float64 between CPU and CUDA
+    (torch's float64 ``sqrt`` on a CPU is not correctly rounded: about 1% of its values are one ulp
+    from math.sqrt; CUDA's is correctly rounded). So float64 noise agrees across devices to an ulp
+    or two (about 2e-16 relative), and float32 noise is bitwise equal except where a float64 value
+    lies within that distance of a float32 rounding boundary (at most about one value in 10**8). tests/test_randomness.py checks this on CUDA where a GPU exists; none was
     available when this was written, so it has not been observed.
 
 Streams (``Stream``)
@@ -256,7 +257,8 @@ def _box_muller(h: torch.Tensor, bufs: tuple, out: torch.Tensor) -> torch.Tensor
     polynomials (truncation < 6e-20 for cos d, < 1e-19 relative for sin d), then the angle-sum
     formulas; measured within 7e-16 of the exact values, like libm. So device libm trigonometry
     (which differs between CPU and CUDA, and is a slow scalar loop in float64 on some CPUs) never
-    enters; only ``log`` (<= 1 ulp apart between libraries) and ``sqrt`` (exact) do.
+    enters; only ``log`` and ``sqrt`` do (each within an ulp between libraries; torch's CPU float64
+    ``sqrt`` is faithful, not correctly rounded).
 
     Every float64 operation below is one IEEE-rounded add, multiply or subtract in a fixed order, 33
     elementwise passes after the hash's 12 (the values are bitwise those of the previous 34-pass
@@ -334,7 +336,7 @@ def use_compiled_noise(enabled: bool = True) -> None:
     ``-ffp-contract=off``, so no multiply-add is fused), and the two operations whose CPU
     implementation is not correctly rounded, ``log`` and ``sqrt``, stay torch's own eager kernels
     (torch's float64 ``sqrt`` on a CPU is faithful, not correctly rounded, and a compiled one differs
-    in about 1% of the values). About 45 elementwise passes become 6: measured 4-6x faster at
+    in about 1% of the values). About 45 elementwise passes become 5: 1.20 ms instead of 2.34 ms at
     4096 x 1x8x8 (docs/scale.md). Off by default: the first draw of each dtype compiles for tens of
     seconds (cached on disk by torch afterwards) and needs a C++ compiler; if compiling fails the
     eager draw is used (logged once). Checked bitwise against the eager draw (tests marked slow,
