@@ -100,8 +100,17 @@ def main(argv=None):
                    calibration=c.get("calibration", {}).get("rmse"), validation=c.get("validation", {}).get("rmse"),
                    holdout=c.get("holdout", {}).get("rmse"), method=c.get("method"), parameters=c.get("parameters"),
                    wall_s=c.get("wall_s"), solves=c.get("evaluations"))
+        e = ((out.samples.double() - ref.double()) ** 2).flatten(1).mean(1)
+        row["median_sample_rmse"] = float(e.sqrt().median())
+        row["holdout_median_sample_rmse"] = c.get("holdout", {}).get("median_sample_rmse")
         sp = c.get("start", {}).get("spacing")
-        if sp:  # the standard configuration the tune started from, on the same x_T
+        if sp and sp.startswith("tuned:"):  # a bespoke tune started from a shipped configuration (as its matrix)
+            from sde_diffusion.tuning import _shipped_matrices
+
+            g, A = _shipped_matrices(model, c["steps"], None)[sp]
+            row["start"] = dict(spacing=sp, rmse=rmse_ci(sample(model, x, solver="bespoke", ts=g, coefficients=A,
+                                                                **{k: v for k, v in c["options"].items() if k != "coefficients"}).samples, ref))
+        elif sp:  # the standard configuration the tune started from, on the same x_T
             K = c["steps"]
             g = (torch.tensor([(K - j) / (K + 1) for j in range(K)] + [0.0], dtype=torch.float64) if sp == "leading-span"
                  else time_grid(model.sde, K, sp))
