@@ -366,12 +366,34 @@ def _hash_and_angle(row_keys: torch.Tensor, counters: torch.Tensor, ct: torch.Te
     return v, ca * cd - sa * sd, sa * cd + ca * sd
 
 
+def _hash_and_angle_into(row_keys, counters, ct, st, v, cos, sin) -> None:
+    """``_hash_and_angle`` written into the float64 buffers v, cos, sin (reused between draws: on a
+    CPU fresh memory per draw costs page faults inside a sampler's loop)."""
+    a, b, c = _hash_and_angle(row_keys, counters, ct, st)
+    v.copy_(a)
+    cos.copy_(b)
+    sin.copy_(c)
+
+
 def _scale_pairs(cos: torch.Tensor, sin: torch.Tensor, r: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Compiled part 2: (r cos, r sin) rounded to ``dtype``, (R, pairs, 2)."""
     return torch.stack([(cos * r).to(dtype), (sin * r).to(dtype)], -1)
 
 
-_COMPILED_CHUNK = 1 << 20  # pairs per compiled pass (bounds its three float64 temporaries to 24 MiB)
+_COMPILED_CHUNK = 1 << 18  # pairs per compiled pass: its three float64 buffers take 6 MiB
+
+
+def _compiled_scratch(shape) -> tuple:
+    """Three float64 buffers of ``shape`` for the compiled draw, reused per thread (a few shapes)."""
+    cache = getattr(_WORKSPACE, "compiled", None)
+    if cache is None:
+        cache = _WORKSPACE.compiled = {}
+    bufs = cache.get(shape)
+    if bufs is None:
+        if len(cache) >= 4:
+            cache.pop(next(iter(cache)))
+        bufs = cache[shape] = tuple(torch.empty(shape, dtype=torch.float64) for _ in range(3))
+    return bufs
 
 
 def _compiled_fill(row_keys: torch.Tensor, pairs: int, dtype) -> Optional[torch.Tensor]:
@@ -381,14 +403,16 @@ def _compiled_fill(row_keys: torch.Tensor, pairs: int, dtype) -> Optional[torch.
         return None
     try:
         if not _COMPILED:
-            _COMPILED["a"] = torch.compile(_hash_and_angle, dynamic=True, fullgraph=True)
+            _COMPILED["a"] = torch.compile(_hash_and_angle_into, dynamic=True, fullgraph=True)
             _COMPILED["b"] = torch.compile(_scale_pairs, dynamic=True, fullgraph=True)
         counters, (ct, st), c = _counters(pairs, "cpu"), _sincos_table("cpu"), _log_2_64("cpu")
         R = row_keys.shape[0]
         rb = max(1, _COMPILED_CHUNK // pairs)
         out = None
         for r0 in range(0, R, rb):
-            v, cos, sin = _COMPILED["a"](row_keys[r0:r0 + rb], counters, ct, st)
+            keys = row_keys[r0:r0 + rb]
+            v, cos, sin = _compiled_scratch((keys.shape[0], pairs))
+            _COMPILED["a"](keys, counters, ct, st, v, cos, sin)
             v.log_()  # torch's eager log and sqrt: the same kernels as the eager draw
             torch.sub(c, v, alpha=2, out=v).sqrt_()
             part = _COMPILED["b"](cos, sin, v, dtype)

@@ -154,7 +154,7 @@ def test_compiled_noise_is_bitwise_the_eager_draw(monkeypatch):
     """The compiled kernels (``use_compiled_noise``) against the eager draw, float32 and float64
     (float64 shows a one-ulp difference in ~1% of values, e.g. a compiled sqrt or a fused
     multiply-add), with row chunking, odd numel and a Brownian path. Compiles for ~30 s."""
-    monkeypatch.setattr(randomness, "_COMPILED_CHUNK", 4096)
+    monkeypatch.setattr(randomness, "_COMPILED_CHUNK", 4096)  # several chunks per draw
     cases = [((4096, 1, 8, 8), 0, 3), ((513, 1001), 2**62, 1), ((7, 5), 11, 2**40), ((1, 1), 5, 0)]
     ref = {(c, dt): counter_randn(c[1], c[0], Stream.STEP, c[2], dtype=dt)
            for c in cases for dt in (torch.float32, torch.float64)}
