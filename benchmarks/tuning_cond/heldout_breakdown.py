@@ -4,7 +4,9 @@ On the tune protocol's held-out set (stream ``tune-holdout``, 128 x_T, class k m
 tight probability-flow reference (read from the tune cache, or solved when absent), for each NFE K:
 the RMSE over all pixels (what ``tune`` reports), the median per-x_T RMSE, and the RMSE without the
 single worst x_T, for (a) ``dpmpp_2m`` with the solver's default spacing (what a user gets without
-``spacing="tuned"``), (b) each tuned FILE given for that K.
+``spacing="tuned"``), (b) the tune's start (its recorded start spacing with standard DPM-Solver++(2M)
+weights; for ``leading-span`` diffusers' multistep leading times (K - j)/(K + 1), j < K, then 0), (c) each
+tuned FILE given for that K.
 
     OMP_NUM_THREADS=1 python benchmarks/tuning_cond/heldout_breakdown.py --nfe 5 \
         --tuned benchmarks/tuning_cond/dpmpp_2m-5.json
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from sde_diffusion.checkpoints import load_model
+    from sde_diffusion.grids import time_grid
     from sde_diffusion.sampling import sample
     from sde_diffusion.tuned_files import load_tuned
     from sde_diffusion.tuning import draw_noise, reference_solve
@@ -60,6 +63,12 @@ def main(argv=None) -> int:
         for K in [int(v) for v in a.nfe.split(",")]:
             row = {"nfe": K, "default": stats(sample(model, x, solver="dpmpp_2m", steps=K, **kw).samples, ref)}
             for f, c in tuned:
+                if int(c["steps"]) == K and "start" not in row:
+                    sp = c["start"]["spacing"]
+                    g = (torch.tensor([(K - j) / (K + 1) for j in range(K)] + [0.0], dtype=torch.float64)
+                         if sp == "leading-span" else time_grid(model.sde, K, sp))
+                    row["start"] = stats(sample(model, x, solver="dpmpp_2m", ts=g, **kw).samples, ref)
+                    row["start"]["spacing"] = sp
                 if int(c["steps"]) == K:
                     out = sample(model, x, solver="dpmpp_2m", tuned=c, steps=K, **kw).samples
                     row[str(f)] = stats(out, ref)
