@@ -2,7 +2,7 @@
 ``torch.Generator``, and Brownian against Gaussian noise (issue 13).
 
     OMP_NUM_THREADS=1 python benchmarks/seeding.py [--batch 4096] [--shape 1 8 8] [--steps 20]
-        [--repeats 5] [--device cpu] [--threads N] [--compiled-noise] [--json out.json]
+        [--repeats 5] [--device cpu] [--threads N] [--compiled-noise] [--clock wall|cpu] [--json out.json]
 
 The net is trivial (eps = 0.5 x) so the numbers isolate the sampler's own work and the noise.
 Prints a table of median wall times (ms) and ratios, with the load average before and after (the
@@ -10,7 +10,9 @@ machine may be shared: compare ratios from one run); ``--json`` also writes them
 ``--threads`` sets torch's intra-op threads (default: OMP_NUM_THREADS or all cores); one
 ``torch.Generator`` draws on one thread, the counter-based draw uses them all.
 ``--compiled-noise`` opts in to ``randomness.use_compiled_noise`` (same values; the warm-up run
-compiles).
+compiles). ``--clock cpu`` times with the process CPU time instead of wall time: with one thread on
+a shared machine it leaves out the time the process waits for a core (with more threads it adds
+the threads' times up, so use wall time there).
 """
 
 from __future__ import annotations
@@ -38,15 +40,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def median_ms(fn, repeats: int, device) -> float:
     fn()  # warm-up
     _sync(device)
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = _clock()
         fn()
         _sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
+        times.append((_clock() - t) * 1e3)
     return statistics.median(times)
 
 
@@ -87,7 +93,7 @@ def run(batch=4096, shape=(1, 8, 8), steps=20, repeats=5, device="cpu", generato
                 threads=torch.get_num_threads(), torch=torch.__version__, machine=platform.machine(),
                 processor=platform.processor(), when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 load_before=load_before, load_after=_load(), cpus=os.cpu_count(),
-                compiled_noise=bool(randomness._USE_COMPILED),
+                compiled_noise=bool(randomness._USE_COMPILED), clock=_clock.__name__,
                 sampling=rows, noise_only=noise_only)
 
 
@@ -100,6 +106,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: as configured)")
     p.add_argument("--compiled-noise", action="store_true", help="opt in to randomness.use_compiled_noise (CPU)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall (default) or cpu: process CPU time, for one thread on a busy machine")
     p.add_argument("--generator-lists", action="store_true", help="also time a list of per-sample torch generators (slow)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
@@ -109,10 +117,12 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     if a.compiled_noise:
         randomness.use_compiled_noise(True)
+    global _clock
+    _clock = CLOCKS[a.clock]
     r = run(a.batch, tuple(a.shape), a.steps, a.repeats, a.device, a.generator_lists)
     print(f"batch {r['batch']} x {tuple(r['shape'])}, {r['steps']} steps, {r['device']}, {r['threads']} thread(s); "
           f"medians of {r['repeats']}; load average {r['load_before']} -> {r['load_after']} ({r['cpus']} CPUs)"
-          + ("; compiled noise" if r["compiled_noise"] else ""))
+          + ("; compiled noise" if r["compiled_noise"] else "") + f"; clock {r['clock']}")
     print(f"{'solver':16s} {'seed= ms':>9s} {'1 gen ms':>9s} {'ratio':>6s} {'brownian ms':>12s} {'ratio':>6s}")
     for row in r["sampling"]:
         print(f"{row['solver']:16s} {row['seeded_ms']:9.1f} {row['one_generator_ms']:9.1f} {row['seeded_ratio']:6.2f} "
