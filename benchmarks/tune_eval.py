@@ -105,9 +105,9 @@ def main(argv=None):
         row["holdout_median_sample_rmse"] = c.get("holdout", {}).get("median_sample_rmse")
         sp = c.get("start", {}).get("spacing")
         if sp and sp.startswith("tuned:"):  # a bespoke tune started from a shipped configuration (as its matrix)
-            from sde_diffusion.tuning import _shipped_matrices
+            from sde_diffusion.tuning_params import shipped_matrices
 
-            g, A = _shipped_matrices(model, c["steps"], None)[sp]
+            g, A = shipped_matrices(model, c["steps"], None)[sp]
             row["start"] = dict(spacing=sp, rmse=rmse_ci(sample(model, x, solver="bespoke", ts=g, coefficients=A,
                                                                 **{k: v for k, v in c["options"].items() if k != "coefficients"}).samples, ref))
         elif sp:  # the standard configuration the tune started from, on the same x_T

@@ -47,13 +47,16 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .grids import check_grid, time_grid
+from .grids import time_grid
+from .levenberg_marquardt import levenberg_marquardt
 from .model import NoisePredictor
 from .randomness import per_sample_generators
 from .sampling import resolve_solver, sample
 # the file side (format, loading, matching, export) lives in tuned_files.py; re-exported here
+from .tuning_params import (Problem, check_inits, median_sample_rmse, rmse, shipped_grid,  # noqa: F401
+                            shipped_matrices, standard_coefficients)
 from .tuned_files import (FORMAT, FORMAT_VERSION, export_diffusers, load_tuned, load_tuned_grid,  # noqa: F401
-                          model_fingerprint, resolve_tuned, save_tuned, shipped_tuned)
+                          model_fingerprint, resolve_tuned, save_tuned, shipped_tuned)  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -150,182 +153,6 @@ def steps_for_nfe(model: NoisePredictor, solver: str, nfe: int, options: Optiona
     return best
 
 
-# ---- parameterisation -------------------------------------------------------------------------------
-
-def _lam(model, t) -> np.ndarray:
-    return model.sde.log_snr(torch.as_tensor(t, dtype=torch.float64)).numpy()
-
-
-def _grid_from_u(model, u: np.ndarray, lam0: float, t_start: float, free_start: bool) -> torch.Tensor:
-    lam = lam0 + np.cumsum(np.logaddexp(0.0, u))  # strictly increasing log-SNR (decreasing t)
-    ts = model.sde.t_from_log_snr(torch.as_tensor(lam, dtype=torch.float64))
-    head = [] if free_start else [torch.tensor([t_start], dtype=torch.float64)]
-    return torch.cat([*head, ts.reshape(-1), torch.zeros(1, dtype=torch.float64)])
-
-
-def _u_from_grid(model, grid: torch.Tensor, lam0: float, free_start: bool) -> np.ndarray:
-    lam = np.atleast_1d(_lam(model, grid[:-1]))
-    inc = np.diff(np.concatenate([[lam0], lam]) if free_start else lam)
-    inc = np.maximum(inc, 1e-4)
-    return np.where(inc > 30, inc, np.log(np.expm1(np.minimum(inc, 30))))  # inverse softplus
-
-
-def standard_coefficients(model, grid: torch.Tensor, lower_order_final: bool = True) -> np.ndarray:
-    """DPM-Solver++(2M)'s weights w_i = 1/(2 r_i), r_i = h_{i-1}/h_i, for steps i = 1 .. K-1 of ``grid``
-    (0 on a step to t = 0 and, with ``lower_order_final`` and K < 15, on the last step)."""
-    K = len(grid) - 1
-    lam = np.concatenate([np.atleast_1d(_lam(model, grid[:-1])), [np.inf]])
-    w = []
-    for i in range(1, K):
-        if float(grid[i + 1]) == 0 or (lower_order_final and K < 15 and i == K - 1):
-            w.append(0.0)
-        else:
-            w.append(0.5 * (lam[i + 1] - lam[i]) / (lam[i] - lam[i - 1]))
-    return np.asarray(w, dtype=np.float64)
-
-
-def check_inits(inits) -> tuple:
-    """The starting-grid names of ``tune(inits=...)``: grid spacings, ``leading-span`` and ``tuned``."""
-    from .grids import SPACINGS
-
-    valid = tuple(SPACINGS) + ("leading-span", "tuned")
-    if isinstance(inits, str) or not inits or any(v not in valid and not str(v).startswith("tuned:") for v in inits):
-        raise ValueError(f"inits must be a non-empty list of starting grids, each one of: {', '.join(valid)}, "
-                         f"tuned:SOLVER (bespoke: that shipped configuration's matrix); got {inits!r}")
-    return tuple(inits)
-
-
-def _shipped_matrices(model, steps: int, guidance) -> dict:
-    """{"tuned:<solver>": (grid, A)} for every configuration shipped for ``model`` with ``steps`` steps (and this
-    guidance) whose solver is linear (bespoke, its bases, dpmpp_2m with learned weights and network times): its
-    coefficient matrix found by a probe run, on the grid of its network-evaluation times."""
-    from .solvers import SOLVERS
-    from .solvers.bespoke import BASES, probe_matrix
-
-    configs, _ = shipped_tuned(model)
-    g = None if guidance in (None, 1, 1.0) else float(guidance)
-    out = {}
-    for c in configs:
-        cg = None if c.get("guidance") in (None, 1, 1.0) else float(c["guidance"])
-        if int(c["steps"]) != steps or cg != g or c["solver"] not in BASES + ("bespoke",):
-            continue
-        ts = torch.tensor(c["ts"], dtype=torch.float64)
-        if c["solver"] == "bespoke":
-            grid, A = ts, [list(r) for r in c["options"]["coefficients"]]
-        else:
-            M, times = probe_matrix(model.sde, SOLVERS[c["solver"]], ts, c["options"])
-            if len(times) != steps:
-                continue
-            grid = torch.tensor(times + [float(ts[-1])], dtype=torch.float64)
-            if not bool((grid[1:] < grid[:-1]).all()):
-                continue  # network times out of order: not a grid
-            A = [[float(v) for v in M[i, : i + 1]] for i in range(steps + 1)]
-        fixed = ",".join(f"{k}={v}" for k, v in sorted(c["options"].items()) if k not in ("coefficients", "eval_times"))
-        key = f"tuned:{c['solver']}" + (f":{fixed}" if fixed else "")
-        out[key] = (grid, A)
-    return out
-
-
-def _shipped_grid(model, solver: str, steps: int, options: dict) -> torch.Tensor:
-    """The grid of the shipped grid-only configuration of (solver, steps) with these options (init "tuned")."""
-    configs, where = shipped_tuned(model)
-    for c in configs:
-        if (c["solver"] == solver and int(c["steps"]) == steps and c.get("guidance") in (None, 1, 1.0)
-                and dict(c["options"]) == dict(options)):
-            return check_grid(c["ts"])
-    raise ValueError(f"init 'tuned': no shipped grid-only configuration {solver}/{steps} with options {options} "
-                     f"(in {where})")
-
-
-class _Problem:
-    """Maps a flat parameter vector to (grid, solver options)."""
-
-    def __init__(self, model, solver, steps, t_start, free_start, learn_coefficients, options, learn_shifts=False):
-        self.model, self.solver, self.K = model, solver, steps
-        self.shift = bool(learn_shifts)
-        self.lam_top = float(_lam(model, 1.0))
-        self.t_start, self.free = float(t_start), bool(free_start)
-        self.lam0 = float(_lam(model, self.t_start))
-        self.coef = bool(learn_coefficients)
-        self.options = dict(options)
-        self.n_grid = steps if self.free else steps - 1
-
-    def unpack(self, p: np.ndarray):
-        grid = check_grid(_grid_from_u(self.model, p[: self.n_grid], self.lam0, self.t_start, self.free))
-        if float(grid[-2]) <= 0:
-            raise ValueError("collapsed grid")
-        opts = dict(self.options)
-        n = self.n_grid
-        if self.coef:
-            w = standard_coefficients(self.model, grid, self.options.get("lower_order_final", True)) + p[n:n + self.K - 1]
-            opts["coefficients"] = [float(v) for v in w]
-            n += self.K - 1
-        if self.shift:  # network times: the grid's log-SNR + a learned offset, kept at t <= 1
-            lam = np.maximum(np.atleast_1d(_lam(self.model, grid[:-1])) + p[n:n + self.K], self.lam_top)
-            te = self.model.sde.t_from_log_snr(torch.as_tensor(lam, dtype=torch.float64)).reshape(-1)
-            opts["eval_times"] = [min(max(float(t), 1e-6), 1.0) for t in te]
-        return grid, opts
-
-    def pack(self, grid: torch.Tensor) -> np.ndarray:
-        u = _u_from_grid(self.model, grid, self.lam0, self.free)
-        parts = [u] + ([np.zeros(self.K - 1)] if self.coef else []) + ([np.zeros(self.K)] if self.shift else [])
-        return np.concatenate(parts)
-
-
-def _rmse(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float(torch.sqrt(((out.double() - ref.double()) ** 2).mean()))
-
-
-def _median_sample_rmse(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """The median over x_T of each sample's pixel RMSE (robust to a single far-off x_T)."""
-    return float(((out.double() - ref.double()) ** 2).flatten(1).mean(1).sqrt().median())
-
-
-def _levenberg_marquardt(resid, p0: np.ndarray, maxfev: int, on_iterate, h: float = 1e-3, mu: float = 1e-2):
-    """Minimise ||resid(p)||^2 by Levenberg-Marquardt (Marquardt 1963) with forward-difference Jacobians;
-    ``resid`` returns None for an invalid point. ``on_iterate(p, rmse)`` is called after every accepted
-    step and returns True to stop. Returns (p, number of residual evaluations)."""
-    p = np.asarray(p0, dtype=np.float64).copy()
-    r = resid(p)
-    nfev = 1
-    if r is None:
-        return p, nfev
-    cost = float(r @ r)
-    while nfev + len(p) + 1 <= maxfev:
-        J = np.empty((r.size, len(p)))
-        for j in range(len(p)):
-            q = p.copy()
-            q[j] += h
-            rj = resid(q)
-            nfev += 1
-            if rj is None:  # at the edge of the valid region: backward difference
-                q[j] = p[j] - h
-                rj = resid(q)
-                nfev += 1
-                J[:, j] = 0.0 if rj is None else (r - rj) / h
-            else:
-                J[:, j] = (rj - r) / h
-        A, g = J.T @ J, J.T @ r
-        d = np.maximum(np.diag(A), 1e-3 * float(np.mean(np.diag(A))) + 1e-30)  # scaled damping, floored
-        improved = False
-        for _ in range(10):
-            step = -np.linalg.solve(A + mu * np.diag(d), g)
-            q = p + step
-            rq = resid(q)
-            nfev += 1
-            if rq is not None and float(rq @ rq) < cost:
-                p, r, cost = q, rq, float(rq @ rq)
-                mu = max(mu / 3.0, 1e-7)
-                improved = True
-                break
-            mu *= 4.0
-            if nfev >= maxfev:
-                break
-        if not improved or on_iterate(p, math.sqrt(cost)):
-            break
-    return p, nfev
-
-
 # ---- the tuner --------------------------------------------------------------------------------------
 
 def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256, validation: int = 64,
@@ -419,7 +246,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
 
     def err(x, ref, grid, opts, kw):
         try:
-            v = _rmse(run(x, grid, opts, kw), ref)
+            v = rmse(run(x, grid, opts, kw), ref)
         except Exception as e:  # a diverging trial configuration scores as very bad
             if type(e).__name__ != "SolverError":
                 raise
@@ -435,12 +262,12 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
         if sp == "leading-span":
             continue
         if sp.startswith("tuned") and bespoke:  # shipped linear configurations of this K ("tuned:S": solver S's), as matrices
-            for key, (g, A) in _shipped_matrices(model, steps, guidance).items():
+            for key, (g, A) in shipped_matrices(model, steps, guidance).items():
                 if sp == "tuned" or key == sp or key.startswith(sp + ":"):
                     starts[key], start_opts[key] = g, {**options, "coefficients": A}
             continue
         if sp == "tuned":  # the grid-only configuration shipped for this solver
-            starts[sp] = _shipped_grid(model, name, steps, options)
+            starts[sp] = shipped_grid(model, name, steps, options)
             continue
         try:
             starts[sp] = time_grid(model.sde, steps, sp)
@@ -465,7 +292,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
             continue
         init = min(cands, key=cands.get)
         init_grid = starts[init]
-        prob = _Problem(model, name, steps, 1.0, free, learn_coef, options, learn_shifts=time_shifts)
+        prob = Problem(model, name, steps, 1.0, free, learn_coef, options, learn_shifts=time_shifts)
         p0 = prob.pack(init_grid)
         if free:  # a start at t = 1 sits where softplus is flat: begin a little inside so it can move
             p0[0] = max(p0[0], -3.0)
@@ -541,7 +368,7 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
                     return True
                 return False
 
-            x_end, _ = _levenberg_marquardt(resid, p0, maxfev, on_iterate)
+            x_end, _ = levenberg_marquardt(resid, p0, maxfev, on_iterate)
             res = type("R", (), {"x": x_end, "fun": best["cal"]})()
         else:
             res = minimize(objective, p0, method="Powell", callback=callback,
@@ -571,8 +398,8 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
             o_init["coefficients"] = [float(v) for v in standard_coefficients(model, g_init, options.get("lower_order_final", True))]
         hold0 = err(x_holdout, reference_holdout, g_init, o_init, kw_hold)
         # per-sample view: one x_T whose flow leaves the data range can dominate the mean (docs/tuning.md)
-        med = _median_sample_rmse(run(x_holdout, pick["grid"], pick["options"], kw_hold), reference_holdout) if hold < 1e6 else None
-        med0 = _median_sample_rmse(run(x_holdout, g_init, o_init, kw_hold), reference_holdout) if hold0 < 1e6 else None
+        med = median_sample_rmse(run(x_holdout, pick["grid"], pick["options"], kw_hold), reference_holdout) if hold < 1e6 else None
+        med0 = median_sample_rmse(run(x_holdout, g_init, o_init, kw_hold), reference_holdout) if hold0 < 1e6 else None
     wall = time.perf_counter() - t_wall
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,

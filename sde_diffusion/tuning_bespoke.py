@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .levenberg_marquardt import levenberg_marquardt
 from .solvers.bespoke import linear_coefficients, run_linear
 
 __all__ = ["fit_bespoke", "Calibration"]
@@ -98,40 +99,32 @@ def fit_bespoke(model, K: int, base: str, base_options: dict, grid_of: Callable,
         A_start = torch.tensor([list(r) + [0.0] * (K + 1 - len(r)) for r in A_start], dtype=torch.float64)
         _, A0, S = P.unpack(p)  # offsets: (A_start - base matrix on the start grid) / scale
         p[P.n_grid:] = ((A_start - A0) / S)[P.rows, P.cols].numpy()
-    spent = [0.0]
-
     def point(q):
         try:
-            ts, A, S = P.unpack(q)
+            return P.unpack(q)
         except ValueError:
             return None
-        return ts, A, S
 
-    def evaluate(q, s: Calibration, start=0, D=None):
+    last = {}  # the predictions of the latest calibration solve, for the Jacobian at an accepted point
+
+    def resid(q):
         pt = point(q)
         if pt is None:
             return None
-        ts, A, _ = pt
-        out, Dn = s.solve(A, ts, start, D)
-        if s is cal:
-            spent[0] += (K - start) / K
-        return out, Dn
+        out, D = cal.solve(pt[1], pt[0])
+        last.clear()
+        last[q.tobytes()] = D
+        return cal.residual(out)
 
-    start_cal = cal.rmse(cal.solve(A_start, start_grid)[0])
-    vs = val or cal
-    start_val = vs.rmse(vs.solve(A_start, start_grid)[0]) if val is not None else start_cal
-    best = dict(grid=start_grid, A=A_start, cal=start_cal, val=start_val, iteration=0)
-    history = [dict(iteration=0, calibration_rmse=start_cal, validation_rmse=start_val)]
-    out, D = evaluate(p, cal)
-    r = cal.residual(out)
-    if r is None:
-        raise ValueError(f"the base solver {base!r} diverges on the starting grid")
-    cost = float(r @ r)
-    stale, mu = 0, 1e-2
     order = [P.first_row(k, free_start) for k in range(P.size)]
-    while spent[0] + 1 <= maxfev:
-        ts, A, S = point(p)
-        J = np.empty((r.size, P.size))
+
+    def jacobian(q, r):
+        D = last.get(q.tobytes())
+        if D is None:
+            ts, A, _ = P.unpack(q)
+            D = cal.solve(A, ts)[1]
+        S = P.unpack(q)[2]
+        J, spent = np.empty((r.size, P.size)), 0.0
         basis = [cal.x] + D
         for k in range(P.size):
             row = order[k]
@@ -139,50 +132,46 @@ def fit_bespoke(model, K: int, base: str, base_options: dict, grid_of: Callable,
                 col = P.cols[k - P.n_grid]
                 J[:, k] = (S[K, col].item() * basis[col].double() * cal.scale).flatten().cpu().numpy()
                 continue
-            q = p.copy()
-            q[k] += h
-            res = evaluate(q, cal, row, D)
-            rk = None if res is None else cal.residual(res[0])
+            rk = None
+            for sign in (1.0, -1.0):  # forward difference; backward at the edge of the valid region
+                qk = q.copy()
+                qk[k] += sign * h
+                pt = point(qk)
+                if pt is not None:
+                    rk = cal.residual(cal.solve(pt[1], pt[0], row, D)[0])
+                    spent += (K - row) / K
+                if rk is not None:
+                    J[:, k] = sign * (rk - r) / h
+                    break
             if rk is None:
-                q[k] = p[k] - h
-                res = evaluate(q, cal, row, D)
-                rk = None if res is None else cal.residual(res[0])
-                J[:, k] = 0.0 if rk is None else (r - rk) / h
-            else:
-                J[:, k] = (rk - r) / h
-        G, g = J.T @ J, J.T @ r
-        dg = np.maximum(np.diag(G), 1e-3 * float(np.mean(np.diag(G))) + 1e-30)
-        improved = False
-        for _ in range(10):
-            q = p - np.linalg.solve(G + mu * np.diag(dg), g)
-            res = evaluate(q, cal)
-            rq = None if res is None else cal.residual(res[0])
-            if rq is not None and float(rq @ rq) < cost:
-                p, r, cost, D = q, rq, float(rq @ rq), res[1]
-                mu = max(mu / 3.0, 1e-7)
-                improved = True
-                break
-            mu *= 4.0
-            if spent[0] >= maxfev:
-                break
-        if not improved:
-            break
-        v = vs.rmse(evaluate(p, vs)[0]) if val is not None else math.sqrt(cost)
+                J[:, k] = 0.0
+        return J, spent
+
+    start_cal = cal.rmse(cal.solve(A_start, start_grid)[0])
+    vs = val or cal
+    start_val = vs.rmse(vs.solve(A_start, start_grid)[0]) if val is not None else start_cal
+    best = dict(grid=start_grid, A=A_start, cal=start_cal, val=start_val, iteration=0)
+    history = [dict(iteration=0, calibration_rmse=start_cal, validation_rmse=start_val)]
+    stale = [0]
+
+    def on_iterate(q, rmse):
+        ts, A, _ = P.unpack(q)
+        v = vs.rmse(vs.solve(A, ts)[0]) if val is not None else rmse
         it = len(history)
-        history.append(dict(iteration=it, calibration_rmse=math.sqrt(cost), validation_rmse=v))
+        history.append(dict(iteration=it, calibration_rmse=rmse, validation_rmse=v))
         if on_log is not None:
-            on_log(it, math.sqrt(cost), v)
+            on_log(it, rmse, v)
         if v < best["val"]:
-            ts, A, _ = P.unpack(p)
-            best.update(grid=ts, A=A, cal=math.sqrt(cost), val=v, iteration=it)
-            stale = 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
+            best.update(grid=ts, A=A, cal=rmse, val=v, iteration=it)
+            stale[0] = 0
+            return False
+        stale[0] += 1
+        return stale[0] >= patience
+
+    _, spent = levenberg_marquardt(resid, p, maxfev, on_iterate, jacobian=jacobian, jacobian_cost=0, h=h)
     A = best["A"]
     rows = [[float(v) for v in A[i, : i + 1]] for i in range(K + 1)]
     return dict(grid=best["grid"], options={"base": base, **({"base_options": dict(base_options)} if base_options else {}),
                                             "coefficients": rows},
                 cal=best["cal"], val=best["val"], start_cal=start_cal, start_val=start_val,
-                iteration=best["iteration"], history=history, parameters=P.size, solves=round(spent[0], 1))
+                iteration=best["iteration"], history=history, parameters=P.size, solves=round(spent, 1))
