@@ -30,8 +30,9 @@ Counter-based noise (``counter_randn``)
     was written, so it has not been observed.
 
 Speed (docs/scale.md)
-    The default draw is about 45 elementwise torch operations per chunk of 64k pairs; ``use_compiled_noise()`` (opt-in, CPU) runs the same operations as two compiled kernels
-    around torch's eager ``log`` and ``sqrt``, bitwise the same values, about twice as fast.
+    The default draw is about 45 elementwise torch operations per chunk of 64k pairs;
+    ``use_compiled_noise()`` (opt-in, CPU) runs the same operations as two compiled kernels around
+    torch's eager ``log`` and ``sqrt``: bitwise the same values, about twice as fast.
 
 Streams (``Stream``)
     Every consumer of seeded randomness has its own stream number, so x_T, per-step noise,
