@@ -405,7 +405,8 @@ def _compiled_scratch(shape) -> tuple:
 def _compiled_fill(row_keys: torch.Tensor, pairs: int, dtype) -> Optional[torch.Tensor]:
     """(R, pairs, 2) from the compiled kernels, or None where they are off, not on a CPU or failed."""
     global _USE_COMPILED
-    if not _USE_COMPILED or row_keys.device.type != "cpu" or row_keys.shape[0] == 0 or pairs == 0:
+    if (not _USE_COMPILED or row_keys.device.type != "cpu" or row_keys.shape[0] == 0 or pairs == 0
+            or dtype not in (torch.float32, torch.float64)):  # half types: the eager cast, checked there
         return None
     try:
         if not _COMPILED:
