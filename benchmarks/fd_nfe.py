@@ -25,7 +25,7 @@ import torch
 
 from sde_diffusion import metrics as M
 from sde_diffusion.checkpoints import load_model
-from sde_diffusion.files import atomic_write_text
+from sde_diffusion.files import atomic_write_text, load_safetensors, save_safetensors_atomic
 from sde_diffusion.randomness import draw_x_T
 from sde_diffusion.sampling import sample
 
@@ -46,14 +46,25 @@ def main(argv=None) -> int:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--json", default=None)
+    p.add_argument("--cache", default="~/.cache/sde_diffusion/fd-converged",
+                   help="folder keeping the converged samples (keyed by weights, n, seed, rtol); '' = none")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     model = load_model(a.model)
     x = draw_x_T((a.n, *model.sample_shape), SEED)
     t0 = time.perf_counter()
-    nfe0 = model.nfe
-    conv = _solve(model, x, a.batch, solver="ode", rtol=a.rtol, atol=a.rtol)
-    conv_nfe = (model.nfe - nfe0) / -(-a.n // a.batch)
+    key = f"{model.config['weights']['sha256'][:16]}_n{a.n}_seed{SEED}_rtol{a.rtol:g}"
+    cached = Path(a.cache).expanduser() / f"converged_{key}.safetensors" if a.cache else None
+    if cached is not None and cached.is_file():
+        tensors, meta = load_safetensors(cached)
+        conv, conv_nfe = tensors["x"], float(meta["nfe_per_sample"])
+    else:
+        nfe0 = model.nfe
+        conv = _solve(model, x, a.batch, solver="ode", rtol=a.rtol, atol=a.rtol)
+        conv_nfe = (model.nfe - nfe0) / -(-a.n // a.batch)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_safetensors_atomic({"x": conv}, cached, metadata={"nfe_per_sample": f"{conv_nfe}"})
     rows = {"converged": dict(samples=conv, nfe=round(conv_nfe, 1), wall_s=round(time.perf_counter() - t0, 1))}
     for spec in a.configs.split(","):
         solver, spacing = spec.split(":")
