@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import assume, given, settings, strategies as st
 
 from sde_diffusion import VPSDE, sample
 from sde_diffusion.model import NoisePredictor
@@ -107,3 +108,16 @@ def test_probe_turns_a_time_shifted_dpmpp_2m_into_a_bespoke_matrix():
     grid = torch.tensor(times + [0.0], dtype=torch.float64)
     out = sample(m, x, solver="bespoke", ts=grid, coefficients=[A[i, : i + 1].tolist() for i in range(5)]).samples
     torch.testing.assert_close(out, ref, rtol=1e-11, atol=1e-11)
+
+
+@settings(max_examples=25, deadline=None)
+@given(base=st.sampled_from(BASES), times=st.lists(st.floats(0.02, 0.98), min_size=1, max_size=6, unique=True),
+       start=st.floats(0.99, 1.0))
+def test_any_grid_the_probe_matrix_reproduces_the_base(base, times, start):
+    m = _net_model()
+    ts = torch.tensor([start] + sorted(times, reverse=True) + [0.0], dtype=torch.float64)
+    assume(bool((ts[:-1] - ts[1:] >= 1e-3).all()))  # nearly repeated times: not a grid a solver is meant for
+    x = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ref = sample(m, x, solver=base, ts=ts).samples
+    out = sample(m, x, solver="bespoke", ts=ts, base=base).samples
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
