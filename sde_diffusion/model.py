@@ -163,8 +163,26 @@ class NoisePredictor:
         finally:
             self._guidance = g
 
+    def weights(self) -> tuple:
+        """(device, dtype) of the net's first floating-point parameter or buffer; (None, None) for a net
+        without any (a plain function, an analytic model)."""
+        if isinstance(self.net, torch.nn.Module):
+            for t in (*self.net.parameters(), *self.net.buffers()):
+                if t.is_floating_point():
+                    return t.device, t.dtype
+        return None, None
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """One-line errors for a state the net cannot take: on another device than the weights."""
+        device, _ = self.weights()
+        if device is not None and device != x.device:
+            raise ValueError(f"x_T is on {x.device} but the model's weights are on {device}: move one of them "
+                             f"(x_T.to('{device}') or model.net.to('{x.device}'))")
+
     def _call_net(self, x: torch.Tensor, ts: torch.Tensor, cond: Mapping) -> torch.Tensor:
-        xin = x.to(self.net_dtype) if self.net_dtype is not None else x
+        # the net runs in net_dtype if given, else in its weights' dtype (a float64 solve of a float32 net)
+        dtype = self.net_dtype or self.weights()[1]
+        xin = x.to(dtype) if dtype is not None else x
         if self.net_dtype in (torch.bfloat16, torch.float16):  # autocast: float32 parts of the net (timestep
             with torch.autocast(x.device.type, dtype=self.net_dtype):  # embeddings, norms) meet half inputs
                 out = self.net(xin, ts, **cond)

@@ -178,6 +178,11 @@ def sample(model: NoisePredictor, x_T: Optional[torch.Tensor] = None, *, solver=
         raise ValueError("x_T must be a tensor with a batch dimension")
     if not torch.is_floating_point(x_T):
         raise ValueError(f"x_T must be floating point, got {x_T.dtype}")
+    if x_T.dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(f"x_T is {x_T.dtype}: the solver state must be float32 or float64 (steps lose accuracy in half "
+                         "precision); pass x_T.float(), and run the network in half precision with "
+                         "NoisePredictor(..., net_dtype=torch.bfloat16)")
+    model.check_input(x_T)
     if isinstance(generator, (list, tuple)) and len(generator) != x_T.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x_T.shape[0]}")
     if model.sample_shape is not None and tuple(x_T.shape[1:]) != tuple(model.sample_shape):

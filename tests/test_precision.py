@@ -49,3 +49,35 @@ def test_bfloat16_unet_on_cpu_is_close_to_float32_but_not_equal(convert_weights)
     rms = float((a - b).pow(2).mean().sqrt())
     assert 1e-4 < rms < 2e-2, rms
     assert float((a - b).abs().max()) < 0.2
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        torch.nn.init.normal_(self.lin.weight, std=0.2, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x, t):
+        assert x.dtype == self.lin.weight.dtype, (x.dtype, self.lin.weight.dtype)
+        return torch.tanh(self.lin(x)) + 0.001 * t[:, None].to(x.dtype)
+
+
+def test_a_float64_solve_runs_a_float32_net_in_its_own_dtype():
+    m = NoisePredictor(_Linear(), VPSDE.linear(), sample_shape=(4,))
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    a = sample(m, x, solver="dpmpp_2m", steps=6).samples
+    b = sample(m, x.double(), solver="dpmpp_2m", steps=6).samples
+    assert b.dtype == torch.float64
+    assert 0 < float((a.double() - b).abs().max()) < 1e-4  # float32 net, float64 state: close, not identical
+
+
+@pytest.mark.parametrize("x_T,match", [
+    (torch.zeros(2, 4, dtype=torch.float16), "x_T is torch.float16: the solver state must be float32 or float64.*net_dtype"),
+    (torch.zeros(2, 4, dtype=torch.bfloat16), "x_T is torch.bfloat16"),
+    (torch.zeros(2, 4, device="meta"), "x_T is on meta but the model's weights are on cpu.*x_T.to\\('cpu'\\)"),
+])
+def test_half_or_misplaced_x_T_is_one_line_before_any_network_call(x_T, match):
+    m = NoisePredictor(_Linear(), VPSDE.linear(), sample_shape=(4,))
+    with pytest.raises(ValueError, match=match) as e:
+        sample(m, x_T, steps=3)
+    assert "\n" not in str(e.value) and m.nfe == 0

@@ -118,7 +118,7 @@ def run_linear(model, x_T: torch.Tensor, ts, A: torch.Tensor, callback=None, sta
     coef = A.tolist()
     D = list(D[:start]) if start else []
     for i in range(start, K):
-        x = _combine(coef[i], x_T, D)
+        x = x_T if i == 0 and coef[0][0] == 1.0 else _combine(coef[i], x_T, D)  # (x_T itself: a pipeline's latents)
         D.append(model.predict(x, float(ts[i])).x0)
         if callback is not None:
             callback(dict(i=i, t=float(ts[i]), x=x, x0=D[-1]))
