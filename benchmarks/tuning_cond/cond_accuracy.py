@@ -5,7 +5,7 @@ For each NFE K: ``--per-class`` samples of every class of ``digits-cond`` with `
 FILEs, or the configurations shipped with the model when none is given), from the SAME x_T (seeds as in
 ``benchmarks/cond_quality.py``: class k uses seed + k * per_class for its batch). A sample *hits* when
 the shipped digits classifier's argmax is its class with softmax confidence >= 0.9 (the criterion of
-``benchmarks/cond_quality.py``). Reported per K: the hit rate over all classes, the worst class, the
+``benchmarks/cond_quality.py``); ``--spacings`` adds untuned spacings for comparison. Reported per K: the hit rate over all classes, the worst class, the
 argmax rate, and the paired counts (tuned hits where default misses, and the reverse).
 
     OMP_NUM_THREADS=1 python benchmarks/tuning_cond/cond_accuracy.py --nfe 3,5,10 --per-class 50 \
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--confidence", type=float, default=0.9)
     ap.add_argument("--tuned", nargs="*", help="tuned JSON files (default: the model's shipped tuned.json)")
+    ap.add_argument("--spacings", default="", help="comma-separated untuned spacings also scored (e.g. uniform)")
     ap.add_argument("--out", help="write the JSON record here")
     a = ap.parse_args(argv)
 
@@ -76,6 +77,12 @@ def main(argv=None) -> int:
                 "tuned_hit_default_miss": int((ht & ~hd).sum()), "default_hit_tuned_miss": int((hd & ~ht).sum()),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
+            for sp in [v for v in a.spacings.split(",") if v]:
+                hs, as_ = hits(model, clf, a.solver, K, a.guidance, a.per_class, a.seed, a.confidence, spacing=sp)
+                row[sp] = {"hit_rate": hs.float().mean().item(), "worst_class_hit_rate": hs.float().mean(1).min().item(),
+                           "argmax_rate": as_.float().mean().item()}
+                print(f"NFE {K}: hit rate with spacing {sp!r}: {row[sp]['hit_rate']:.3f} (worst class "
+                      f"{row[sp]['worst_class_hit_rate']:.2f})", flush=True)
             rows.append(row)
             print(f"NFE {K}: hit rate default {row['default']['hit_rate']:.3f} (worst class "
                   f"{row['default']['worst_class_hit_rate']:.2f}) tuned {row['tuned']['hit_rate']:.3f} (worst class "
