@@ -109,7 +109,7 @@ def shipped_tuned(model: NoisePredictor) -> tuple:
 
 def _key(c) -> str:
     g = c.get("guidance")
-    return f"{c['solver']}/{c['steps']}" + (f"/guidance={g:g}" if g not in (None, 1, 1.0) else "")
+    return f"{c['solver']}/{c['steps']}" + (f"/guidance={float(g)!r}" if g not in (None, 1, 1.0) else "")
 
 
 def resolve_tuned(model: NoisePredictor, solver: str, steps=None, tuned=None, guidance=None) -> tuple:
@@ -130,7 +130,7 @@ def resolve_tuned(model: NoisePredictor, solver: str, steps=None, tuned=None, gu
              and (None if c.get("guidance") in (None, 1, 1.0) else float(c["guidance"])) == g]
     if not match:
         have = ", ".join(_key(c) for c in configs)
-        want = f"{solver}/{steps if steps is not None else '*'}" + (f"/guidance={g:g}" if g is not None else "")
+        want = f"{solver}/{steps if steps is not None else '*'}" + (f"/guidance={g!r}" if g is not None else "")
         raise ValueError(f"no tuned configuration {want} in {where}; available: {have}")
     c = match[0]
     sha = c.get("model_sha256")

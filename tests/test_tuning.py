@@ -257,3 +257,19 @@ def test_guided_tune_on_an_exact_class_mixture(tmp_path):
     assert _rmse(out, ref) == pytest.approx(r["holdout"]["rmse"], rel=1e-9)
     with pytest.raises(ValueError, match="available: dpmpp_2m/3/guidance=2"):
         sample(m, draw(3, 2), solver="dpmpp_2m", tuned=f, cond={"class_labels": y[:2]})
+
+
+def test_shipped_guided_configurations_are_picked_by_steps_and_guidance():
+    from sde_diffusion.checkpoints import ASSETS_DIR, load_model
+    from sde_diffusion.tuned_files import resolve_tuned
+
+    m = load_model("digits-cond")
+    configs = load_tuned(ASSETS_DIR / "digits-cond" / "tuned.json")
+    assert sorted(int(c["nfe"]) for c in configs) == [3, 4, 5, 6, 8, 10]
+    for c in configs:
+        ts, opts = resolve_tuned(m, c["solver"], c["steps"], guidance=2.0)
+        assert ts.tolist() == c["ts"] and opts == c["options"] and c["model_sha256"] == model_fingerprint(m)
+    with pytest.raises(ValueError, match="no tuned configuration dpmpp_2m/5/guidance=3.0 .*dpmpp_2m/5/guidance=2.0"):
+        resolve_tuned(m, "dpmpp_2m", 5, guidance=3.0)
+    with pytest.raises(ValueError, match="guidance=2.0000001"):
+        resolve_tuned(m, "dpmpp_2m", 5, guidance=2.0000001)
