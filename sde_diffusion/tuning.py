@@ -244,14 +244,19 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     def run(x, grid, opts, kw):
         return sample(model, x, solver=name, ts=grid, **kw, **opts).samples
 
-    def err(x, ref, grid, opts, kw):
+    def solve_error(x, ref, grid, opts, kw):
+        """(RMSE, median per-sample RMSE) of one solve; (1e6, None) for a diverging configuration."""
         try:
-            v = rmse(run(x, grid, opts, kw), ref)
+            out = run(x, grid, opts, kw)
         except Exception as e:  # a diverging trial configuration scores as very bad
             if type(e).__name__ != "SolverError":
                 raise
-            return 1e6
-        return v if math.isfinite(v) else 1e6
+            return 1e6, None
+        v = rmse(out, ref)
+        return (v, median_sample_rmse(out, ref)) if math.isfinite(v) else (1e6, None)
+
+    def err(x, ref, grid, opts, kw):
+        return solve_error(x, ref, grid, opts, kw)[0]
 
     cal = lambda g, o: err(x_T, reference, g, o, kw_cal)  # noqa: E731
     val = (lambda g, o: err(x_val, reference_val, g, o, kw_val)) if x_val is not None else cal  # noqa: E731
@@ -391,15 +396,12 @@ def tune(model: NoisePredictor, solver: str, nfe: int, *, calibration: int = 256
     pick = min(runs, key=lambda r: r["val"])
     hold = hold0 = med = med0 = None
     if x_holdout is not None:
-        hold = err(x_holdout, reference_holdout, pick["grid"], pick["options"], kw_hold)
+        hold, med = solve_error(x_holdout, reference_holdout, pick["grid"], pick["options"], kw_hold)
         g_init = starts[pick["init"]]
         o_init = dict(start_opts.get(pick["init"], options))
         if learn_coef:
             o_init["coefficients"] = [float(v) for v in standard_coefficients(model, g_init, options.get("lower_order_final", True))]
-        hold0 = err(x_holdout, reference_holdout, g_init, o_init, kw_hold)
-        # per-sample view: one x_T whose flow leaves the data range can dominate the mean (docs/tuning.md)
-        med = median_sample_rmse(run(x_holdout, pick["grid"], pick["options"], kw_hold), reference_holdout) if hold < 1e6 else None
-        med0 = median_sample_rmse(run(x_holdout, g_init, o_init, kw_hold), reference_holdout) if hold0 < 1e6 else None
+        hold0, med0 = solve_error(x_holdout, reference_holdout, g_init, o_init, kw_hold)
     wall = time.perf_counter() - t_wall
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
